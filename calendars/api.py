@@ -1,0 +1,104 @@
+"""Read API for calendars and events (and the `selected` switch of a calendar)."""
+
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from rest_framework import mixins, serializers, viewsets
+from rest_framework.exceptions import ValidationError
+
+from calendars import selectors
+from calendars.models import Calendar, Event
+
+
+class CalendarSerializer(serializers.ModelSerializer):
+    url = serializers.CharField(source="remote_id", read_only=True)
+
+    class Meta:
+        model = Calendar
+        fields = ["id", "account", "name", "url", "color", "timezone", "selected", "last_synced_at"]
+        read_only_fields = [f for f in fields if f != "selected"]
+
+
+class EventSerializer(serializers.ModelSerializer):
+    recurrence_id = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Event
+        fields = [
+            "id",
+            "calendar",
+            "uid",
+            "recurrence_id",
+            "summary",
+            "description",
+            "location",
+            "start",
+            "end",
+            "all_day",
+            "timezone",
+            "status",
+            "rrule",
+        ]
+        read_only_fields = fields
+
+    def get_recurrence_id(self, obj) -> str | None:
+        return obj.recurrence_id or None
+
+
+def int_param(request, name: str) -> int | None:
+    value = request.query_params.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValidationError({name: ["A whole number is required."]}) from None
+
+
+def datetime_param(request, name: str):
+    value = request.query_params.get(name)
+    if value in (None, ""):
+        return None
+    parsed = parse_datetime(value)
+    if parsed is None or parsed.tzinfo is None:
+        raise ValidationError({name: ["An ISO 8601 date-time with an offset is required."]})
+    return parsed
+
+
+@extend_schema_view(
+    list=extend_schema(parameters=[OpenApiParameter("account", OpenApiTypes.INT)]),
+)
+class CalendarViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    viewsets.GenericViewSet,
+):
+    serializer_class = CalendarSerializer
+    http_method_names = ["get", "patch", "head", "options"]
+
+    def get_queryset(self):
+        return selectors.calendars_for_user(
+            user=self.request.user, account_id=int_param(self.request, "account")
+        )
+
+
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[
+            OpenApiParameter("calendar", OpenApiTypes.INT),
+            OpenApiParameter("start", OpenApiTypes.DATETIME),
+            OpenApiParameter("end", OpenApiTypes.DATETIME),
+        ]
+    ),
+)
+class EventViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = EventSerializer
+
+    def get_queryset(self):
+        return selectors.events_for_user(
+            user=self.request.user,
+            calendar_id=int_param(self.request, "calendar"),
+            start=datetime_param(self.request, "start"),
+            end=datetime_param(self.request, "end"),
+        )

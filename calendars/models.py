@@ -1,0 +1,110 @@
+"""The synced data: calendar accounts, their calendars and the events in them."""
+
+from django.conf import settings
+from django.db import models
+
+from calendars.crypto import EncryptedJSONField
+
+
+class Account(models.Model):
+    class Provider(models.TextChoices):
+        CALDAV = "caldav", "CalDAV"
+        GOOGLE = "google", "Google Calendar"
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        NEEDS_REAUTH = "needs_reauth", "Needs re-authentication"
+        DISABLED = "disabled", "Disabled"
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="calendar_accounts"
+    )
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    name = models.CharField(max_length=200)
+    url = models.URLField(max_length=2000, blank=True)
+    username = models.CharField(max_length=255, blank=True)
+    # Where discovery found the calendars (CalDAV calendar home), so syncs skip rediscovery.
+    home_url = models.URLField(max_length=2000, blank=True, editable=False)
+    # Password or OAuth tokens; encrypted at rest and never serialised anywhere.
+    credentials = EncryptedJSONField(blank=True, default=dict, editable=False)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    last_synced_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["status", "last_synced_at"])]
+
+    def __str__(self):
+        return f"{self.name} ({self.get_provider_display()})"
+
+
+class Calendar(models.Model):
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="calendars")
+    # CalDAV: the collection URL; Google: the calendar id.
+    remote_id = models.CharField(max_length=2000)
+    name = models.CharField(max_length=500, blank=True)
+    color = models.CharField(max_length=32, blank=True)
+    timezone = models.CharField(max_length=100, blank=True)
+    selected = models.BooleanField(default=True)
+    # Provider sync state: CalDAV sync-token and ctag, Google nextSyncToken.
+    sync_token = models.TextField(blank=True)
+    ctag = models.TextField(blank=True)
+    last_synced_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["account_id", "name", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "remote_id"], name="calendar_unique_remote_id"
+            )
+        ]
+
+    def __str__(self):
+        return self.name or self.remote_id
+
+
+class Event(models.Model):
+    """One VEVENT: a master (empty recurrence_id) or an overridden instance of a recurring event."""
+
+    calendar = models.ForeignKey(Calendar, on_delete=models.CASCADE, related_name="events")
+    uid = models.CharField(max_length=1000)
+    # RECURRENCE-ID of an overridden instance as an ISO instant (UTC) or date; "" for a master.
+    recurrence_id = models.CharField(max_length=64, blank=True, default="")
+    # Where the event lives remotely: CalDAV object href, or Google event id.
+    href = models.CharField(max_length=2000, blank=True)
+    etag = models.CharField(max_length=500, blank=True)
+    summary = models.TextField(blank=True)
+    description = models.TextField(blank=True)
+    location = models.TextField(blank=True)
+    start = models.DateTimeField(null=True, blank=True)
+    end = models.DateTimeField(null=True, blank=True)
+    all_day = models.BooleanField(default=False)
+    timezone = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=32, blank=True)
+    rrule = models.TextField(blank=True)
+    rdate = models.JSONField(default=list, blank=True)
+    exdate = models.JSONField(default=list, blank=True)
+    # The provider's source: the iCalendar object text, or Google's event JSON.
+    raw = models.TextField(blank=True)
+    remote_last_modified = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["start", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["calendar", "uid", "recurrence_id"], name="event_unique_uid_recurrence"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["calendar", "href"]),
+            models.Index(fields=["calendar", "start"]),
+        ]
+
+    def __str__(self):
+        return self.summary or self.uid

@@ -1,0 +1,50 @@
+"""The Celery app of Caly, its queues and the worker start/stop hooks."""
+
+import logging
+import os
+
+from celery import Celery, signals
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "caly.settings")
+
+app = Celery("caly")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+logger = logging.getLogger("caly.worker")
+
+
+@signals.worker_init.connect
+def open_shared_resources(sender=None, **kwargs):
+    """Open the HTTP pool the provider clients share, sized to this worker's slots."""
+    from sync import http
+
+    slots = sender.concurrency if sender is not None else 1
+    http.open_pool(slots=slots)
+    logger.info(
+        "worker %s ready: %s slots (%s pool), queues %s",
+        getattr(sender, "hostname", "?"),
+        slots,
+        getattr(getattr(sender, "pool_cls", None), "__name__", "?"),
+        ", ".join(sorted(q.name for q in app.amqp.queues.values())),
+    )
+
+
+@signals.worker_shutdown.connect
+def close_shared_resources(sender=None, **kwargs):
+    """Close pooled HTTP connections and database connections on the way out."""
+    from django.db import connections
+
+    from sync import http
+
+    http.close_pool()
+    connections.close_all()
+    logger.info("worker %s stopped", getattr(sender, "hostname", "?"))
+
+
+@signals.task_postrun.connect
+def close_task_db_connections(**kwargs):
+    """Threads come and go; close the task's connection so connections stay bounded by slots."""
+    from django.db import close_old_connections
+
+    close_old_connections()

@@ -1,0 +1,211 @@
+"""Django settings for Caly; every value that differs between machines comes from the environment."""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+from kombu import Exchange, Queue
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+
+
+def _required_secret(name: str, debug_default: str) -> str:
+    """A secret may only fall back to a development value while DEBUG is on."""
+    value = env.str(name, default="")
+    if value:
+        return value
+    if DEBUG:
+        return debug_default
+    raise ImproperlyConfigured(
+        f"{name} is not set. Set it in the environment (DJANGO_DEBUG=1 allows a development default)."
+    )
+
+
+SECRET_KEY = _required_secret("DJANGO_SECRET_KEY", "caly-development-only-secret-key")
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "django_celery_results",
+    "django_celery_beat",
+    "calendars",
+    "sync",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "caly.urls"
+WSGI_APPLICATION = "caly.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Workers are threads in several processes: take the write lock when a transaction starts so
+    # that read-then-write sections (leases, coalescing) serialise instead of failing mid-way.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
+    )
+else:
+    # Thread-pool workers open one connection per thread; closing at the end of each task keeps
+    # the count bounded by the number of slots.
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CALY_DB_CONN_MAX_AGE", default=0)
+# Concurrent test runs on one server each get their own test database.
+DATABASES["default"]["TEST"] = {"NAME": env.str("CALY_TEST_DATABASE", default=None)}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+LOGIN_URL = "admin:login"
+LOGIN_REDIRECT_URL = "dashboard"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("CALY_LOG_LEVEL", default="INFO")},
+    "loggers": {
+        # python-caldav logs request bodies and URLs at DEBUG; never let them through.
+        "caldav": {"level": "WARNING"},
+        "niquests": {"level": "WARNING"},
+        "urllib3": {"level": "WARNING"},
+    },
+}
+
+# --- REST API -------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 100,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "caly.api.exception_handler",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Caly API",
+    "DESCRIPTION": "Connect calendar accounts, request syncs and read the synced calendars.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Caly -----------------------------------------------------------------------------------
+# Fernet keys, comma-separated; the first encrypts, all decrypt (rotation).
+CALY_ENCRYPTION_KEYS = env.list("CALY_ENCRYPTION_KEY", default=[]) or [
+    _required_secret("CALY_ENCRYPTION_KEY", "ZGV2ZWxvcG1lbnQtb25seS1rZXktMzItYnl0ZXMhISE=")
+]
+CALY_ALLOW_PRIVATE_URLS = env.bool("CALY_ALLOW_PRIVATE_URLS", default=False)
+CALY_HTTP_TIMEOUT = env.float("CALY_HTTP_TIMEOUT", default=30.0)
+CALY_WORKER_PROCESSES = env.int("CALY_WORKER_PROCESSES", default=2)
+CALY_WORKER_THREADS = env.int("CALY_WORKER_THREADS", default=8)
+CALY_RESYNC_MINUTES = env.int("CALY_RESYNC_MINUTES", default=15)
+# A running sync holds a per-account lease; it is renewed every third of this and lapses if
+# the worker dies, so another worker can take over.
+CALY_LEASE_SECONDS = env.int("CALY_LEASE_SECONDS", default=60)
+CALY_SYNC_BATCH_SIZE = env.int("CALY_SYNC_BATCH_SIZE", default=500)
+CALY_GOOGLE_CLIENT_ID = env.str("CALY_GOOGLE_CLIENT_ID", default="")
+CALY_GOOGLE_CLIENT_SECRET = env.str("CALY_GOOGLE_CLIENT_SECRET", default="")
+CALY_GOOGLE_API_ENDPOINT = env.str("CALY_GOOGLE_API_ENDPOINT", default="")
+CALY_GOOGLE_TOKEN_URI = env.str(
+    "CALY_GOOGLE_TOKEN_URI", default="https://oauth2.googleapis.com/token"
+)
+
+# --- Celery ---------------------------------------------------------------------------------
+CALY_QUEUE_PREFIX = env.str("CALY_QUEUE_PREFIX", default="caly")
+CALY_SYNC_QUEUE = f"{CALY_QUEUE_PREFIX}.sync"
+CALY_MAINTENANCE_QUEUE = f"{CALY_QUEUE_PREFIX}.maintenance"
+# Classic queues put a redelivered message back at its original position, which keeps the
+# start-order promise; quorum queues (for a RabbitMQ cluster) are opt-in.
+CALY_QUEUE_TYPE = env.str("CALY_QUEUE_TYPE", default="classic")
+
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="amqp://guest:guest@localhost:5672//")
+# Keep reconnecting at start-up and after a broker restart instead of exiting.
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# Publisher confirms: a publish returns only once RabbitMQ has taken the message.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+# A web request must not hang on a dead broker: retry a little, then fail with a clear error.
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
+# Ack after the task ran, so a message whose worker died is redelivered.
+CELERY_TASK_ACKS_LATE = True
+# In the prefork pool, a child killed mid-task rejects (requeues) its message rather than acking.
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# Prefetch exactly one message per slot: a worker never sits on messages others could start.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# Task history in the database, shown in the admin by django-celery-results.
+CELERY_RESULT_BACKEND = "django-db"
+CELERY_RESULT_EXTENDED = True
+CELERY_TASK_TRACK_STARTED = True
+CELERY_RESULT_EXPIRES = env.int("CALY_RESULT_EXPIRES_SECONDS", default=7 * 24 * 3600)
+# Schedules live in the database so they can be edited in the admin.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TIMEZONE = "UTC"
+# Worker events are not needed by Caly and cost a message per task state.
+CELERY_WORKER_SEND_TASK_EVENTS = False
+CELERY_TASK_DEFAULT_QUEUE = CALY_MAINTENANCE_QUEUE
+CELERY_TASK_QUEUES = [
+    Queue(
+        name,
+        Exchange(name, type="direct", durable=True),
+        routing_key=name,
+        durable=True,
+        queue_arguments={"x-queue-type": CALY_QUEUE_TYPE},
+    )
+    for name in (CALY_SYNC_QUEUE, CALY_MAINTENANCE_QUEUE)
+]
+CELERY_TASK_ROUTES = {"sync.run_sync": {"queue": CALY_SYNC_QUEUE, "routing_key": CALY_SYNC_QUEUE}}

@@ -1,0 +1,21 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from calendars.api import CalendarViewSet, EventViewSet
+from sync.api import AccountViewSet, SyncViewSet
+
+router = DefaultRouter()
+router.register("accounts", AccountViewSet, basename="account")
+router.register("calendars", CalendarViewSet, basename="calendar")
+router.register("events", EventViewSet, basename="event")
+router.register("sync", SyncViewSet, basename="sync")
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/", include(router.urls)),
+    path("", include("sync.urls")),
+]

@@ -1,0 +1,217 @@
+"""API for connecting accounts (checked against their server) and requesting/inspecting syncs."""
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.response import Response
+
+from calendars import selectors as calendar_selectors
+from calendars.api import int_param
+from calendars.models import Account
+from sync import selectors, services
+from sync.models import SyncRun
+from sync.providers.base import AuthError, ProviderError
+
+
+class ServiceUnavailable(APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "service_unavailable"
+
+
+class AccountSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Account
+        fields = [
+            "id",
+            "provider",
+            "name",
+            "url",
+            "username",
+            "status",
+            "last_synced_at",
+            "last_error",
+        ]
+        read_only_fields = ["id", "status", "last_synced_at", "last_error"]
+
+
+class AccountCreateSerializer(serializers.Serializer):
+    provider = serializers.ChoiceField(choices=Account.Provider.choices)
+    name = serializers.CharField(max_length=200)
+    url = serializers.URLField(max_length=2000, required=False, allow_blank=True, default="")
+    username = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+    password = serializers.CharField(
+        max_length=1000,
+        required=False,
+        allow_blank=True,
+        default="",
+        write_only=True,
+        trim_whitespace=False,
+    )
+    refresh_token = serializers.CharField(
+        max_length=4000, required=False, default="", write_only=True
+    )
+
+    def validate(self, attrs):
+        if attrs["provider"] == Account.Provider.CALDAV and not attrs["url"]:
+            raise ValidationError({"url": ["A CalDAV account needs the server's URL."]})
+        if attrs["provider"] == Account.Provider.GOOGLE and not attrs["refresh_token"]:
+            raise ValidationError(
+                {"refresh_token": ["A Google account needs an OAuth refresh token."]}
+            )
+        return attrs
+
+    def credentials(self) -> dict:
+        data = self.validated_data
+        if data["provider"] == Account.Provider.GOOGLE:
+            return {"refresh_token": data["refresh_token"]}
+        return {"password": data["password"]} if data["password"] else {}
+
+
+class AccountUpdateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200, required=False)
+    username = serializers.CharField(max_length=255, required=False, allow_blank=True)
+    password = serializers.CharField(
+        max_length=1000, required=False, write_only=True, trim_whitespace=False
+    )
+    refresh_token = serializers.CharField(max_length=4000, required=False, write_only=True)
+
+
+def _provider_error_to_400(exc: ProviderError) -> ValidationError:
+    field = "password" if isinstance(exc, AuthError) else "url"
+    return ValidationError({field: [str(exc)]})
+
+
+@extend_schema_view(
+    create=extend_schema(request=AccountCreateSerializer, responses={201: AccountSerializer}),
+    partial_update=extend_schema(
+        request=AccountUpdateSerializer, responses={200: AccountSerializer}
+    ),
+)
+class AccountViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    serializer_class = AccountSerializer
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def get_queryset(self):
+        return calendar_selectors.accounts_for_user(user=self.request.user)
+
+    def create(self, request, *args, **kwargs):
+        incoming = AccountCreateSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        data = incoming.validated_data
+        try:
+            account = services.account_connect(
+                owner=request.user,
+                provider=data["provider"],
+                name=data["name"],
+                url=data["url"],
+                username=data["username"],
+                credentials=incoming.credentials(),
+            )
+        except ProviderError as exc:
+            raise _provider_error_to_400(exc) from None
+        return Response(AccountSerializer(account).data, status=status.HTTP_201_CREATED)
+
+    def partial_update(self, request, *args, **kwargs):
+        account = self.get_object()
+        incoming = AccountUpdateSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        data = dict(incoming.validated_data)
+        credentials = {k: data.pop(k) for k in ("password", "refresh_token") if k in data}
+        account = services.account_update(account=account, credentials=credentials, **data)
+        return Response(AccountSerializer(account).data)
+
+
+class SyncRunSerializer(serializers.ModelSerializer):
+    progress = inline_serializer(
+        "SyncProgress",
+        fields={
+            "calendars_done": serializers.IntegerField(),
+            "calendars_total": serializers.IntegerField(),
+            "events_processed": serializers.IntegerField(),
+        },
+        read_only=True,
+    )
+
+    class Meta:
+        model = SyncRun
+        fields = [
+            "id",
+            "account",
+            "trigger",
+            "state",
+            "requested_at",
+            "started_at",
+            "finished_at",
+            "attempts",
+            "created",
+            "updated",
+            "deleted",
+            "progress",
+            "error",
+        ]
+        read_only_fields = fields
+
+
+class SyncRequestSerializer(serializers.Serializer):
+    account = serializers.PrimaryKeyRelatedField(
+        queryset=Account.objects.none(), required=False, allow_null=True
+    )
+
+    def __init__(self, *args, user=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["account"].queryset = calendar_selectors.accounts_for_user(user=user)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[
+            OpenApiParameter("account", OpenApiTypes.INT),
+            OpenApiParameter("state", OpenApiTypes.STR, enum=SyncRun.State.values),
+        ]
+    ),
+    create=extend_schema(
+        request=SyncRequestSerializer,
+        responses={
+            202: inline_serializer("SyncRequested", fields={"runs": SyncRunSerializer(many=True)})
+        },
+    ),
+)
+class SyncViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = SyncRunSerializer
+
+    def get_queryset(self):
+        state = self.request.query_params.get("state") or None
+        if state is not None and state not in SyncRun.State.values:
+            raise ValidationError(
+                {"state": [f"Must be one of: {', '.join(SyncRun.State.values)}."]}
+            )
+        return selectors.runs_for_user(
+            user=self.request.user, account_id=int_param(self.request, "account"), state=state
+        )
+
+    def create(self, request, *args, **kwargs):
+        incoming = SyncRequestSerializer(data=request.data, user=request.user)
+        incoming.is_valid(raise_exception=True)
+        account = incoming.validated_data.get("account")
+        try:
+            runs = services.sync_request(
+                user=request.user, account=account, trigger=SyncRun.Trigger.API
+            )
+        except services.AccountNotSyncable as exc:
+            raise ValidationError({"account": [str(exc)]}) from None
+        except services.BrokerUnavailable as exc:
+            raise ServiceUnavailable(str(exc)) from None
+        return Response(
+            {"runs": SyncRunSerializer(runs, many=True).data}, status=status.HTTP_202_ACCEPTED
+        )

@@ -1,0 +1,134 @@
+"""The one interface every calendar provider implements, the data it hands over, and its errors.
+
+Library objects (caldav resources, Google response dicts) never leave a provider module: they
+become the plain data classes below, which the engine and the services work on.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RemoteCalendar:
+    remote_id: str
+    name: str = ""
+    color: str = ""
+    timezone: str = ""
+
+
+@dataclass(frozen=True)
+class RemoteEvent:
+    """One VEVENT (or Google event) in provider-neutral form. Times are aware UTC."""
+
+    uid: str
+    recurrence_id: str = ""
+    summary: str = ""
+    description: str = ""
+    location: str = ""
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    all_day: bool = False
+    timezone: str = ""
+    status: str = ""
+    rrule: str = ""
+    rdate: tuple[str, ...] = ()
+    exdate: tuple[str, ...] = ()
+    last_modified: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    """A remote resource holding one or more events (a CalDAV object, a Google event)."""
+
+    href: str
+    etag: str
+    events: tuple[RemoteEvent, ...]
+    raw: str = ""
+
+
+@dataclass(frozen=True)
+class SkippedObject:
+    href: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where the previous sync of a calendar left off."""
+
+    sync_token: str = ""
+    ctag: str = ""
+
+
+@dataclass
+class ChangeBatch:
+    """A slice of a calendar's changes, applied in its own transaction.
+
+    `cursor` is set only on the last batch: the sync state is saved once everything before it is
+    stored, so an interrupted sync starts again from the old state and loses nothing.
+    """
+
+    objects: list[RemoteObject] = field(default_factory=list)
+    deleted_hrefs: list[str] = field(default_factory=list)
+    skipped: list[SkippedObject] = field(default_factory=list)
+    cursor: Cursor | None = None
+
+
+class ProviderError(Exception):
+    """A sync could not be done; the message is readable and carries no credentials."""
+
+
+class TransientError(ProviderError):
+    """Timeouts, 429, 5xx: try again later (after `retry_after` seconds if the server said)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AuthError(ProviderError):
+    """The server refused our credentials: the user has to reconnect the account."""
+
+
+class ConnectError(ProviderError):
+    """The account cannot be connected: unreachable, not a calendar server, wrong address."""
+
+
+class Provider(abc.ABC):
+    """A connection to one account's calendar service, used by one sync at a time."""
+
+    def __init__(
+        self,
+        *,
+        url: str = "",
+        username: str = "",
+        credentials: Mapping | None = None,
+        home_url: str = "",
+    ):
+        self.url = url
+        self.username = username
+        self.credentials = dict(credentials or {})
+        # Where discovery found the calendars last time (CalDAV calendar home); saves the
+        # discovery round trips on every sync. Providers that need none ignore it.
+        self.home_url = home_url
+
+    @abc.abstractmethod
+    def discover(self) -> list[RemoteCalendar]:
+        """The account's calendars; raises ConnectError or AuthError if it cannot be reached."""
+
+    @abc.abstractmethod
+    def changes(
+        self, calendar: RemoteCalendar, *, cursor: Cursor, known: Mapping[str, str]
+    ) -> Iterator[ChangeBatch]:
+        """What changed in `calendar` since `cursor`, in batches.
+
+        `known` maps each stored href to its etag, so a full listing only fetches what differs
+        and reports what disappeared. The last batch carries the new cursor.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook; most providers hold nothing
+        """Release what the provider holds (connections are pooled and shared)."""

@@ -1,0 +1,396 @@
+"""The sync service: connect accounts, request syncs, and run them (called by the Celery task).
+
+Writes live here; reading helpers are in `sync.selectors`. Nothing here runs inside a web
+request except recording a request and publishing its id.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from kombu.exceptions import KombuError, OperationalError
+
+from calendars.models import Account, Calendar, Event
+from sync.engine import Plan, StoredEvent, normalize_href, plan_changes
+from sync.leases import LeaseHeartbeat, lease_acquire_or_defer, lease_release
+from sync.models import SyncRun
+from sync.providers import provider_class, provider_for
+from sync.providers.base import (
+    AuthError,
+    ChangeBatch,
+    Cursor,
+    Provider,
+    ProviderError,
+    RemoteCalendar,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_SKIPPED_RECORDED = 100
+EVENT_FIELDS = (
+    "href",
+    "etag",
+    "summary",
+    "description",
+    "location",
+    "start",
+    "end",
+    "all_day",
+    "timezone",
+    "status",
+    "rrule",
+    "rdate",
+    "exdate",
+    "raw",
+    "remote_last_modified",
+    "updated_at",
+)
+
+
+class BrokerUnavailable(Exception):
+    """The sync request could not be handed to RabbitMQ; nothing was recorded."""
+
+
+class AccountNotSyncable(Exception):
+    def __init__(self, account: Account):
+        super().__init__(
+            f"Account {account.pk} is {account.get_status_display().lower()}; "
+            "reconnect it before syncing."
+        )
+
+
+# --- accounts -----------------------------------------------------------------------------
+def account_connect(
+    *,
+    owner,
+    provider: str,
+    name: str,
+    url: str = "",
+    username: str = "",
+    credentials: dict,
+) -> Account:
+    """Check the account against its server, then store it with its calendars.
+
+    Raises ProviderError subclasses (ConnectError, AuthError) before anything is written.
+    """
+    client = provider_class(provider)(url=url, username=username, credentials=credentials)
+    try:
+        remote = client.discover()
+    finally:
+        client.close()
+    with transaction.atomic():
+        account = Account.objects.create(
+            owner=owner,
+            provider=provider,
+            name=name,
+            url=url,
+            username=username,
+            credentials=credentials,
+            home_url=client.home_url,
+        )
+        calendars_reconcile(account=account, remote=remote)
+    return account
+
+
+@transaction.atomic
+def account_update(*, account: Account, credentials: dict | None = None, **fields) -> Account:
+    """Change an account; new credentials make it active again (the user reconnected)."""
+    for name, value in fields.items():
+        setattr(account, name, value)
+    if credentials:
+        account.credentials = {**account.credentials, **credentials}
+        account.status = Account.Status.ACTIVE
+        account.last_error = ""
+    account.save()
+    return account
+
+
+def calendars_reconcile(*, account: Account, remote: Iterable[RemoteCalendar]) -> list[Calendar]:
+    """Make the stored calendar list match the server's: add, rename, remove."""
+    remote = list(remote)
+    existing = {normalize_href(c.remote_id): c for c in account.calendars.all()}
+    if not remote and existing:
+        raise ProviderError(
+            "The server listed no calendars at all; keeping the stored ones. "
+            "If they were really removed, remove the account."
+        )
+    seen = set()
+    result = []
+    for item in remote:
+        key = normalize_href(item.remote_id)
+        seen.add(key)
+        calendar = existing.get(key)
+        if calendar is None:
+            calendar = Calendar.objects.create(
+                account=account,
+                remote_id=item.remote_id,
+                name=item.name,
+                color=item.color,
+                timezone=item.timezone,
+            )
+        elif (calendar.name, calendar.color, calendar.timezone) != (
+            item.name,
+            item.color,
+            item.timezone,
+        ):
+            calendar.name, calendar.color, calendar.timezone = item.name, item.color, item.timezone
+            calendar.save(update_fields=["name", "color", "timezone"])
+        result.append(calendar)
+    gone = [c.pk for key, c in existing.items() if key not in seen]
+    if gone:
+        Calendar.objects.filter(pk__in=gone).delete()
+    return result
+
+
+# --- requesting syncs ---------------------------------------------------------------------
+def sync_request(*, user, trigger: str, account: Account | None = None) -> list[SyncRun]:
+    """Queue a sync of one account, or of all the user's active accounts.
+
+    A run already queued for an account is returned instead of a new one (coalescing); while a
+    run is running, exactly one follow-up is queued.
+    """
+    if account is not None:
+        if account.status != Account.Status.ACTIVE:
+            raise AccountNotSyncable(account)
+        accounts = [account]
+    else:
+        accounts = list(Account.objects.filter(owner=user, status=Account.Status.ACTIVE))
+    return [sync_request_account(account=a, trigger=trigger) for a in accounts]
+
+
+def sync_request_account(*, account: Account, trigger: str) -> SyncRun:
+    with transaction.atomic():
+        existing = SyncRun.objects.filter(account=account, state=SyncRun.State.QUEUED).first()
+        if existing is not None:
+            return existing
+        try:
+            with transaction.atomic():
+                run = SyncRun.objects.create(
+                    account=account, trigger=trigger, task_id=str(uuid.uuid4())
+                )
+        except IntegrityError:  # a concurrent request queued one first
+            return SyncRun.objects.get(account=account, state=SyncRun.State.QUEUED)
+        transaction.on_commit(lambda: sync_publish(run=run, withdraw_on_failure=True))
+    return run
+
+
+def sync_publish(*, run: SyncRun, withdraw_on_failure: bool = False) -> None:
+    """Hand the run's id (and nothing else) to RabbitMQ, waiting for the broker's confirm."""
+    from sync.tasks import run_sync
+
+    try:
+        run_sync.apply_async(args=[run.pk], task_id=run.task_id or None)
+    except (OperationalError, KombuError, OSError) as exc:
+        logger.error("could not publish sync run %s: %s", run.pk, type(exc).__name__)
+        if withdraw_on_failure:
+            SyncRun.objects.filter(pk=run.pk, state=SyncRun.State.QUEUED, started_at=None).delete()
+        raise BrokerUnavailable(
+            "The sync queue (RabbitMQ) is unavailable; nothing was queued. Try again shortly."
+        ) from exc
+
+
+# --- running a sync -----------------------------------------------------------------------
+@dataclass
+class Counts:
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+
+    def add(self, plan: Plan) -> None:
+        self.created += len(plan.create)
+        self.updated += len(plan.update)
+        self.deleted += len(plan.delete_ids)
+
+
+def sync_run_execute(*, run_id: int, task_id: str = "") -> dict:
+    """Run one queued sync: take the account's lease, sync every selected calendar, record it.
+
+    Safe to call twice for the same run (redelivery): a finished run is left alone and a run
+    another worker is syncing is deferred to it.
+    """
+    run = SyncRun.objects.select_related("account").filter(pk=run_id).first()
+    if run is None:
+        logger.info("sync run %s vanished while queued", run_id)
+        return {"run": run_id, "state": "missing"}
+    token = lease_acquire_or_defer(run=run, task_id=task_id)
+    if token is None:
+        return {"run": run.pk, "state": run.state, "deferred": run.state == "queued"}
+    waiting = None
+    try:
+        with LeaseHeartbeat(account_id=run.account_id, token=token) as heartbeat:
+            _execute(run, heartbeat=heartbeat)
+    finally:
+        waiting = lease_release(account_id=run.account_id, token=token)
+    if waiting is not None:
+        sync_publish(run=waiting)
+    run.refresh_from_db()
+    return {
+        "run": run.pk,
+        "state": run.state,
+        "created": run.created,
+        "updated": run.updated,
+        "deleted": run.deleted,
+    }
+
+
+def _execute(run: SyncRun, *, heartbeat: LeaseHeartbeat) -> None:
+    account = run.account
+    counts = Counts()
+    try:
+        _sync_account(run, counts=counts, heartbeat=heartbeat)
+    except AuthError as exc:
+        Account.objects.filter(pk=account.pk).update(
+            status=Account.Status.NEEDS_REAUTH, last_error=str(exc)
+        )
+        _finish(run, counts, state=SyncRun.State.FAILED, error=str(exc))
+    except ProviderError as exc:  # includes TransientError once retries are exhausted
+        Account.objects.filter(pk=account.pk).update(last_error=str(exc))
+        _finish(run, counts, state=SyncRun.State.FAILED, error=str(exc))
+    except Exception as exc:
+        logger.exception("sync run %s failed", run.pk)
+        error = f"Internal error while syncing ({type(exc).__name__}); the team has the details."
+        Account.objects.filter(pk=account.pk).update(last_error=error)
+        _finish(run, counts, state=SyncRun.State.FAILED, error=error)
+    else:
+        now = timezone.now()
+        Account.objects.filter(pk=account.pk).update(last_synced_at=now, last_error="")
+        _finish(run, counts, state=SyncRun.State.SUCCEEDED, error="")
+
+
+def _finish(run: SyncRun, counts: Counts, *, state: str, error: str) -> None:
+    SyncRun.objects.filter(pk=run.pk).update(
+        state=state,
+        finished_at=timezone.now(),
+        created=counts.created,
+        updated=counts.updated,
+        deleted=counts.deleted,
+        error=error,
+    )
+
+
+def _sync_account(run: SyncRun, *, counts: Counts, heartbeat: LeaseHeartbeat) -> None:
+    account = Account.objects.get(pk=run.account_id)
+    provider = provider_for(account)
+    try:
+        remote = provider.discover()
+        if provider.home_url != account.home_url:
+            Account.objects.filter(pk=account.pk).update(home_url=provider.home_url)
+        calendars = calendars_reconcile(account=account, remote=remote)
+        by_id = {normalize_href(r.remote_id): r for r in remote}
+        selected = [c for c in calendars if c.selected]
+        SyncRun.objects.filter(pk=run.pk).update(calendars_total=len(selected))
+        for calendar in selected:
+            _sync_calendar(
+                run,
+                provider,
+                calendar,
+                by_id[normalize_href(calendar.remote_id)],
+                counts=counts,
+                heartbeat=heartbeat,
+            )
+            SyncRun.objects.filter(pk=run.pk).update(calendars_done=F("calendars_done") + 1)
+    finally:
+        provider.close()
+
+
+class LeaseLost(ProviderError):
+    def __init__(self):
+        super().__init__("Another worker took over this account's sync; stopped to avoid a clash.")
+
+
+def _sync_calendar(
+    run: SyncRun,
+    provider: Provider,
+    calendar: Calendar,
+    remote: RemoteCalendar,
+    *,
+    counts: Counts,
+    heartbeat: LeaseHeartbeat,
+) -> None:
+    known = dict(Event.objects.filter(calendar=calendar).values_list("href", "etag").distinct())
+    cursor = Cursor(sync_token=calendar.sync_token, ctag=calendar.ctag)
+    for batch in provider.changes(remote, cursor=cursor, known=known):
+        if heartbeat.lost:
+            raise LeaseLost()
+        plan = events_apply(calendar=calendar, batch=batch)
+        counts.add(plan)
+        processed = sum(len(o.events) for o in batch.objects) + len(batch.deleted_hrefs)
+        updates = {"events_processed": F("events_processed") + processed}
+        if any(counts.__dict__.values()):
+            updates.update(created=counts.created, updated=counts.updated, deleted=counts.deleted)
+        SyncRun.objects.filter(pk=run.pk).update(**updates)
+        if batch.skipped:
+            _record_skipped(run, calendar, batch)
+
+
+def _record_skipped(run: SyncRun, calendar: Calendar, batch: ChangeBatch) -> None:
+    with transaction.atomic():
+        locked = SyncRun.objects.select_for_update().get(pk=run.pk)
+        entries = [
+            {"calendar": calendar.name, "href": s.href, "reason": s.reason} for s in batch.skipped
+        ]
+        locked.skipped = (locked.skipped + entries)[:MAX_SKIPPED_RECORDED]
+        locked.save(update_fields=["skipped"])
+
+
+@transaction.atomic
+def events_apply(*, calendar: Calendar, batch: ChangeBatch) -> Plan:
+    """Store one batch of changes; the calendar's cursor moves only with the last batch."""
+    hrefs = {normalize_href(o.href) for o in batch.objects}
+    hrefs |= {normalize_href(h) for h in batch.deleted_hrefs}
+    uids = {e.uid for o in batch.objects for e in o.events}
+    stored = [
+        StoredEvent(*row)
+        for row in Event.objects.filter(calendar=calendar)
+        .filter(Q(href__in=hrefs) | Q(uid__in=uids))
+        .values_list("id", "uid", "recurrence_id", "href", "etag")
+    ]
+    plan = plan_changes(stored=stored, objects=batch.objects, deleted_hrefs=batch.deleted_hrefs)
+    if plan.delete_ids:
+        Event.objects.filter(pk__in=plan.delete_ids).delete()
+    if plan.writes:
+        now = timezone.now()
+        Event.objects.bulk_create(
+            [
+                Event(
+                    calendar=calendar,
+                    uid=w.event.uid,
+                    recurrence_id=w.event.recurrence_id,
+                    href=normalize_href(w.href),
+                    etag=w.etag,
+                    summary=w.event.summary,
+                    description=w.event.description,
+                    location=w.event.location,
+                    start=w.event.start,
+                    end=w.event.end,
+                    all_day=w.event.all_day,
+                    timezone=w.event.timezone,
+                    status=w.event.status,
+                    rrule=w.event.rrule,
+                    rdate=list(w.event.rdate),
+                    exdate=list(w.event.exdate),
+                    raw=w.raw,
+                    remote_last_modified=w.event.last_modified,
+                    created_at=now,
+                    updated_at=now,
+                )
+                for w in plan.writes
+            ],
+            update_conflicts=True,
+            unique_fields=["calendar", "uid", "recurrence_id"],
+            update_fields=list(EVENT_FIELDS),
+            batch_size=500,
+        )
+    if batch.cursor is not None:
+        Calendar.objects.filter(pk=calendar.pk).update(
+            sync_token=batch.cursor.sync_token,
+            ctag=batch.cursor.ctag,
+            last_synced_at=timezone.now(),
+        )
+    return plan

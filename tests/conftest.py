@@ -1,0 +1,66 @@
+"""Shared fixtures: API clients, real CalDAV servers, real Celery workers on private queues."""
+
+from __future__ import annotations
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from tests.factories import make_user
+from tests.support.caldav_servers import start_radicale, start_xandikos
+from tests.support.workers import start_worker
+
+
+def pytest_configure(config):
+    if settings.CALY_QUEUE_PREFIX == "caly":
+        raise pytest.UsageError(
+            "Tests need their own queues: run them with `make test` (it sets CALY_QUEUE_PREFIX)."
+        )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_queues():
+    """Delete this run's queues from the shared broker when the run ends."""
+    yield
+    from caly.celery import app
+
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for queue in settings.CELERY_TASK_QUEUES:
+            channel.queue_delete(queue.name)
+            channel.exchange_delete(queue.exchange.name)
+
+
+@pytest.fixture
+def user(db):
+    return make_user("alice")
+
+
+@pytest.fixture
+def api(user) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+@pytest.fixture(scope="session")
+def radicale():
+    server = start_radicale()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def xandikos():
+    server = start_xandikos()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(django_db_setup, django_db_blocker):
+    """One real worker process (thread pool) for the session, on this run's queues."""
+    with django_db_blocker.unblock():
+        proc = start_worker(threads=4)
+    yield proc
+    proc.stop()
