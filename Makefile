@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export CALY_WORKER_PROCESSES ?= 2
 export CALY_WORKER_THREADS ?= 8
 
-.PHONY: up test lint format bench install migrate preflight clean
+.PHONY: up test pytest lint format bench install migrate preflight clean
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,11 @@ format: install
 	$(BIN)/ruff format .
 
 # Every run gets its own database and its own queues on the shared servers.
-test: RUN_ID := $(shell date +%s)$(shell echo $$$$)
-test: install lint
+test: install lint pytest
+
+# The suite without the lint step; `make pytest PYTEST_ARGS="tests/sync -x"` for a part of it.
+pytest: RUN_ID := $(shell date +%s)$(shell echo $$$$)
+pytest: install
 	CALY_TEST_DATABASE=test_caly_$(RUN_ID) \
 	CALY_QUEUE_PREFIX=caly-test-$(RUN_ID) \
 	DATABASE_URL=$${DATABASE_URL:-postgres://root@127.0.0.1:5432/postgres} \
@@ -46,8 +49,9 @@ test: install lint
 	CALY_ALLOW_PRIVATE_URLS=1 DJANGO_DEBUG=0 \
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# Benchmarks (never part of `make test`): `make bench BENCH=queue` runs bench/bench_queue.py only.
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH)
 
 clean:
 	rm -rf $(VENV) db.sqlite3
