@@ -75,6 +75,8 @@ class CalendarViewSet(
     viewsets.GenericViewSet,
 ):
     serializer_class = CalendarSerializer
+    # The model, for the schema generator (it has no user to scope get_queryset to).
+    queryset = Calendar.objects.none()
     http_method_names = ["get", "patch", "head", "options"]
 
     def get_queryset(self):
@@ -94,6 +96,7 @@ class CalendarViewSet(
 )
 class EventViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = EventSerializer
+    queryset = Event.objects.none()
 
     def get_queryset(self):
         return selectors.events_for_user(

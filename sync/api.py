@@ -100,6 +100,8 @@ class AccountViewSet(
     viewsets.GenericViewSet,
 ):
     serializer_class = AccountSerializer
+    # The model, for the schema generator (it has no user to scope get_queryset to).
+    queryset = Account.objects.none()
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
     def get_queryset(self):
@@ -189,6 +191,7 @@ class SyncRequestSerializer(serializers.Serializer):
 )
 class SyncViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = SyncRunSerializer
+    queryset = SyncRun.objects.none()
 
     def get_queryset(self):
         state = self.request.query_params.get("state") or None
