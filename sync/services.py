@@ -6,17 +6,21 @@ request except recording a request and publishing its id.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import math
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from kombu.exceptions import KombuError, OperationalError
 
 from calendars.models import Account, Calendar, Event
+from sync import selectors
 from sync.engine import Plan, StoredEvent, normalize_href, plan_changes
 from sync.leases import LeaseHeartbeat, lease_acquire_or_defer, lease_release
 from sync.models import SyncRun
@@ -149,11 +153,14 @@ def calendars_reconcile(*, account: Account, remote: Iterable[RemoteCalendar]) -
 
 
 # --- requesting syncs ---------------------------------------------------------------------
-def sync_request(*, user, trigger: str, account: Account | None = None) -> list[SyncRun]:
+def sync_request(
+    *, user, trigger: str, account: Account | None = None, publish: bool = True
+) -> list[SyncRun]:
     """Queue a sync of one account, or of all the user's active accounts.
 
     A run already queued for an account is returned instead of a new one (coalescing); while a
-    run is running, exactly one follow-up is queued.
+    run is running, exactly one follow-up is queued. With `publish=False` nothing is sent to
+    RabbitMQ: the caller runs the returned runs itself (`sync_run_execute`).
     """
     if account is not None:
         if account.status != Account.Status.ACTIVE:
@@ -161,10 +168,10 @@ def sync_request(*, user, trigger: str, account: Account | None = None) -> list[
         accounts = [account]
     else:
         accounts = list(Account.objects.filter(owner=user, status=Account.Status.ACTIVE))
-    return [sync_request_account(account=a, trigger=trigger) for a in accounts]
+    return [sync_request_account(account=a, trigger=trigger, publish=publish) for a in accounts]
 
 
-def sync_request_account(*, account: Account, trigger: str) -> SyncRun:
+def sync_request_account(*, account: Account, trigger: str, publish: bool = True) -> SyncRun:
     with transaction.atomic():
         existing = SyncRun.objects.filter(account=account, state=SyncRun.State.QUEUED).first()
         if existing is not None:
@@ -176,7 +183,8 @@ def sync_request_account(*, account: Account, trigger: str) -> SyncRun:
                 )
         except IntegrityError:  # a concurrent request queued one first
             return SyncRun.objects.get(account=account, state=SyncRun.State.QUEUED)
-        transaction.on_commit(lambda: sync_publish(run=run, withdraw_on_failure=True))
+        if publish:
+            transaction.on_commit(lambda: sync_publish(run=run, withdraw_on_failure=True))
     return run
 
 
@@ -193,6 +201,42 @@ def sync_publish(*, run: SyncRun, withdraw_on_failure: bool = False) -> None:
         raise BrokerUnavailable(
             "The sync queue (RabbitMQ) is unavailable; nothing was queued. Try again shortly."
         ) from exc
+
+
+# --- periodic resync (celery beat) -------------------------------------------------------
+RESYNC_MIN_BATCH = 10
+
+
+def resync_batch_size(*, active_accounts: int) -> int:
+    """How many accounts one resync tick (a minute by default) may queue.
+
+    N accounts due every CALY_RESYNC_MINUTES come due at N / CALY_RESYNC_MINUTES a minute. A tick
+    queues at most twice that (and at least RESYNC_MIN_BATCH), so a backlog, such as every
+    account after an outage, drains in about half an interval instead of landing in the FIFO
+    sync queue all at once in front of the syncs people ask for.
+    """
+    steady = math.ceil(active_accounts / max(settings.CALY_RESYNC_MINUTES, 1))
+    return max(RESYNC_MIN_BATCH, 2 * steady)
+
+
+def sync_request_stale(
+    *, limit: int | None = None, now: dt.datetime | None = None
+) -> list[SyncRun]:
+    """Queue syncs of active accounts last synced over CALY_RESYNC_MINUTES ago, stalest first.
+
+    Accounts with a queued or running sync are left alone; one whose syncs keep failing is tried
+    once per interval, not on every tick. Called by the `sync.resync_stale` periodic task.
+    """
+    now = now or timezone.now()
+    if limit is None:
+        active = Account.objects.filter(status=Account.Status.ACTIVE).count()
+        limit = resync_batch_size(active_accounts=active)
+    due = selectors.accounts_due_for_resync(
+        older_than=now - dt.timedelta(minutes=settings.CALY_RESYNC_MINUTES)
+    )[:limit]
+    return [
+        sync_request_account(account=account, trigger=SyncRun.Trigger.SCHEDULE) for account in due
+    ]
 
 
 # --- running a sync -----------------------------------------------------------------------

@@ -9,3 +9,14 @@ from sync import services
 def run_sync(run_id: int) -> dict:
     """Run one sync request. The message carries the SyncRun id and nothing else."""
     return services.sync_run_execute(run_id=run_id, task_id=run_sync.request.id or "")
+
+
+@shared_task(name="sync.resync_stale")
+def resync_stale(limit: int | None = None) -> dict:
+    """Periodic (celery beat): queue syncs of the accounts not synced for CALY_RESYNC_MINUTES.
+
+    `limit` caps how many one tick queues; by default it follows the number of active accounts
+    (see `services.resync_batch_size`). The result lists the queued runs for the admin.
+    """
+    runs = services.sync_request_stale(limit=limit)
+    return {"queued_runs": [run.pk for run in runs]}
