@@ -6,6 +6,7 @@ plain values.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -22,6 +23,13 @@ class StoredEvent:
     recurrence_id: str
     href: str
     etag: str
+    # MD5 of the stored raw source (hex; as PostgreSQL's md5() computes it), "" if unknown.
+    raw_digest: str = ""
+
+
+def raw_digest(raw: str) -> str:
+    """The digest `StoredEvent.raw_digest` holds, for comparing sources without loading them."""
+    return hashlib.md5(raw.encode(), usedforsecurity=False).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class Plan:
     create: list[EventWrite] = field(default_factory=list)
     update: list[EventWrite] = field(default_factory=list)
     delete_ids: list[int] = field(default_factory=list)
+    # Same source under a new etag (or href): only where it lives is rewritten, not the event.
+    relocate: list[tuple[int, EventWrite]] = field(default_factory=list)
     unchanged: int = 0
 
     @property
@@ -68,6 +78,16 @@ def listing_diff(
     to_fetch = [h for n, (h, e) in listed_n.items() if known_n.get(n) != e]
     gone = [h for h in known if normalize_href(h) not in listed_n]
     return to_fetch, gone
+
+
+def empty_listing_confirmed(*, second_listing: int, state_changed: bool | None) -> bool:
+    """May a full listing with no objects delete every stored event of a calendar?
+
+    Only when the server says so twice: a second, independent listing is empty too, and the
+    calendar's sync token or ctag moved since the last sync (`None`: the server keeps none).
+    An empty answer under an unchanged token contradicts itself and must not wipe anything.
+    """
+    return second_listing == 0 and state_changed is not False
 
 
 def plan_changes(
@@ -98,6 +118,8 @@ def plan_changes(
             plan.create.append(write)
         elif current.etag == write.etag and current.href == write.href and write.etag:
             plan.unchanged += 1
+        elif current.raw_digest and current.raw_digest == raw_digest(write.raw):
+            plan.relocate.append((current.id, write))
         else:
             plan.update.append(write)
     plan.delete_ids = sorted(

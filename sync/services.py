@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
+from django.db.models.functions import MD5
 from django.utils import timezone
 from kombu.exceptions import KombuError, OperationalError
 
@@ -393,11 +394,18 @@ def events_apply(*, calendar: Calendar, batch: ChangeBatch) -> Plan:
         StoredEvent(*row)
         for row in Event.objects.filter(calendar=calendar)
         .filter(Q(href__in=hrefs) | Q(uid__in=uids))
-        .values_list("id", "uid", "recurrence_id", "href", "etag")
+        .annotate(raw_digest=MD5("raw"))
+        .values_list("id", "uid", "recurrence_id", "href", "etag", "raw_digest")
     ]
     plan = plan_changes(stored=stored, objects=batch.objects, deleted_hrefs=batch.deleted_hrefs)
     if plan.delete_ids:
         Event.objects.filter(pk__in=plan.delete_ids).delete()
+    if plan.relocate:
+        Event.objects.bulk_update(
+            [Event(pk=pk, href=normalize_href(w.href), etag=w.etag) for pk, w in plan.relocate],
+            ["href", "etag"],
+            batch_size=500,
+        )
     if plan.writes:
         now = timezone.now()
         Event.objects.bulk_create(
