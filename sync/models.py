@@ -42,6 +42,11 @@ class SyncRun(models.Model):
     # Its message arrived while another run of the account held the lease; that run hands the
     # message back when it releases the lease.
     deferred = models.BooleanField(default=False)
+    # When RabbitMQ confirmed the run's latest message; empty while it still has to be sent
+    # (the reaper sends runs left unsent by a broker outage).
+    published_at = models.DateTimeField(null=True, blank=True)
+    # A queued run waiting out a transient error: its message comes back at this time.
+    retry_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-requested_at", "-id"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,9 +22,17 @@ from django.utils import timezone
 from kombu.exceptions import KombuError, OperationalError
 
 from calendars.models import Account, Calendar, Event
-from sync import selectors
+from sync import lifecycle, retry, selectors
 from sync.engine import Plan, StoredEvent, normalize_href, plan_changes
-from sync.leases import LeaseHeartbeat, lease_acquire_or_defer, lease_release
+from sync.leases import (
+    LeaseHeartbeat,
+    lease_alive,
+    lease_lock,
+    lease_release,
+    run_claim,
+    run_recover_interrupted,
+    token_run_id,
+)
 from sync.models import SyncRun
 from sync.providers import provider_class, provider_for
 from sync.providers.base import (
@@ -33,6 +42,7 @@ from sync.providers.base import (
     Provider,
     ProviderError,
     RemoteCalendar,
+    TransientError,
 )
 
 logger = logging.getLogger(__name__)
@@ -190,11 +200,18 @@ def sync_request_account(*, account: Account, trigger: str, publish: bool = True
 
 
 def sync_publish(*, run: SyncRun, withdraw_on_failure: bool = False) -> None:
-    """Hand the run's id (and nothing else) to RabbitMQ, waiting for the broker's confirm."""
-    from sync.tasks import run_sync
+    """Hand the run's id (and nothing else) to RabbitMQ, waiting for the broker's confirm.
 
     try:
-        run_sync.apply_async(args=[run.pk], task_id=run.task_id or None)
+    A run waiting out a retry goes through a delay queue and comes back at its `retry_at`.
+    With `withdraw_on_failure` (a new request) a run RabbitMQ did not take is deleted, so the
+    caller can answer "nothing was queued"; otherwise it stays queued and unpublished, and the
+    reaper sends it once the broker is back.
+    """
+    delay = 0
+    if run.retry_at is not None:
+        delay = max(0, math.ceil((run.retry_at - timezone.now()).total_seconds()))
+        retry.publish_run(run_id=run.pk, task_id=run.task_id or str(uuid.uuid4()), delay=delay)
     except (OperationalError, KombuError, OSError) as exc:
         logger.error("could not publish sync run %s: %s", run.pk, type(exc).__name__)
         if withdraw_on_failure:
@@ -203,6 +220,14 @@ def sync_publish(*, run: SyncRun, withdraw_on_failure: bool = False) -> None:
             "The sync queue (RabbitMQ) is unavailable; nothing was queued. Try again shortly."
         ) from exc
 
+    SyncRun.objects.filter(pk=run.pk, published_at=None).update(published_at=timezone.now())
+
+
+def _publish_or_leave_to_reaper(run: SyncRun) -> None:
+    try:
+        sync_publish(run=run)
+    except BrokerUnavailable:
+        logger.warning("sync run %s stays queued until the reaper can publish it", run.pk)
 
 # --- periodic resync (celery beat) -------------------------------------------------------
 RESYNC_MIN_BATCH = 10
@@ -253,48 +278,74 @@ class Counts:
         self.deleted += len(plan.delete_ids)
 
 
-def sync_run_execute(*, run_id: int, task_id: str = "") -> dict:
+def sync_run_execute(*, run_id: int, task_id: str = "", worker: str = "") -> dict:
     """Run one queued sync: take the account's lease, sync every selected calendar, record it.
 
-    Safe to call twice for the same run (redelivery): a finished run is left alone and a run
-    another worker is syncing is deferred to it.
+    Safe to call twice for the same run (redelivery): a finished run is left alone, a run
+    another worker is syncing waits for it, and a run whose worker died is taken over. A
+    transient provider error puts the run back in the queue behind a broker-side delay.
+    Returns a summary; `handed_back` means the worker is shutting down and the caller must
+    requeue the message.
     """
-    run = SyncRun.objects.select_related("account").filter(pk=run_id).first()
-    if run is None:
-        logger.info("sync run %s vanished while queued", run_id)
-        return {"run": run_id, "state": "missing"}
-    token = lease_acquire_or_defer(run=run, task_id=task_id)
-    if token is None:
-        return {"run": run.pk, "state": run.state, "deferred": run.state == "queued"}
-    waiting = None
+    claim = run_claim(run_id=run_id, task_id=task_id, worker=worker)
+    if claim.outcome == "later":
+        retry.publish_run(run_id=run_id, task_id=task_id or str(uuid.uuid4()), delay=claim.delay)
+        return {"run": run_id, "state": claim.run.state, "back_in": claim.delay}
+    if claim.outcome != "acquired":
+        state = claim.run.state if claim.run is not None else "missing"
+        return {"run": run_id, "state": state, "deferred": claim.outcome == "deferred"}
+    run = claim.run
+    outcome = "done"
     try:
-        with LeaseHeartbeat(account_id=run.account_id, token=token) as heartbeat:
-            _execute(run, heartbeat=heartbeat)
+        with LeaseHeartbeat(account_id=run.account_id, token=claim.token) as heartbeat:
+            outcome = _execute(run, heartbeat=heartbeat)
     finally:
-        waiting = lease_release(account_id=run.account_id, token=token)
+        waiting = lease_release(account_id=run.account_id, token=claim.token)
     if waiting is not None:
-        sync_publish(run=waiting)
+        _publish_or_leave_to_reaper(waiting)
     run.refresh_from_db()
     return {
+    if outcome == "retry":
+        _publish_or_leave_to_reaper(run)
         "run": run.pk,
         "state": run.state,
         "created": run.created,
         "updated": run.updated,
         "deleted": run.deleted,
     }
+        "handed_back": outcome == "hand_back",
 
 
-def _execute(run: SyncRun, *, heartbeat: LeaseHeartbeat) -> None:
+class HandBack(Exception):
+    """The worker is shutting down and its grace period is over: stop at this batch boundary."""
+
+
+class DeadlineExceeded(TransientError):
+    def __init__(self):
+        minutes = settings.CALY_SYNC_DEADLINE_SECONDS / 60
+        super().__init__(
+            f"The sync took longer than {minutes:g} minutes; it continues where it stopped.",
+            retry_after=0,
+        )
+
+
+def _execute(run: SyncRun, *, heartbeat: LeaseHeartbeat) -> str:
+    """Sync the run's account; returns "done", "retry" (queued again) or "hand_back"."""
     account = run.account
     counts = Counts()
     try:
-        _sync_account(run, counts=counts, heartbeat=heartbeat)
+    deadline = time.monotonic() + settings.CALY_SYNC_DEADLINE_SECONDS
+        _sync_account(run, counts=counts, heartbeat=heartbeat, deadline=deadline)
+    except HandBack:
+        return _hand_back(run, counts)
+    except TransientError as exc:
+        return _retry_or_fail(run, counts, exc)
     except AuthError as exc:
         Account.objects.filter(pk=account.pk).update(
             status=Account.Status.NEEDS_REAUTH, last_error=str(exc)
         )
         _finish(run, counts, state=SyncRun.State.FAILED, error=str(exc))
-    except ProviderError as exc:  # includes TransientError once retries are exhausted
+    except ProviderError as exc:
         Account.objects.filter(pk=account.pk).update(last_error=str(exc))
         _finish(run, counts, state=SyncRun.State.FAILED, error=str(exc))
     except Exception as exc:
@@ -307,6 +358,74 @@ def _execute(run: SyncRun, *, heartbeat: LeaseHeartbeat) -> None:
         Account.objects.filter(pk=account.pk).update(last_synced_at=now, last_error="")
         _finish(run, counts, state=SyncRun.State.SUCCEEDED, error="")
 
+    return "done"
+
+
+def _checkpoint(*, heartbeat: LeaseHeartbeat, deadline: float) -> None:
+    """Between batches (nothing half-written): stop if the lease, the time or the worker is up."""
+    if heartbeat.lost:
+        raise LeaseLost()
+    if lifecycle.should_hand_back():
+        raise HandBack()
+    if time.monotonic() > deadline:
+        raise DeadlineExceeded()
+
+
+def _retry_or_fail(run: SyncRun, counts: Counts, exc: TransientError) -> str:
+    """Queue the run again behind a backoff delay, or fail it once its attempts are used up.
+
+    Only one run of an account may be queued: if a follow-up was queued meanwhile, this run
+    ends and the follow-up inherits the wait.
+    """
+    max_attempts = settings.CALY_SYNC_MAX_ATTEMPTS
+    attempts = SyncRun.objects.values_list("attempts", flat=True).get(pk=run.pk)
+    if attempts >= max_attempts:
+        error = f"{exc} Gave up after {attempts} attempts."
+    elif exc.retry_after and exc.retry_after > settings.CALY_RETRY_MAX_SECONDS:
+        error = f"{exc} The server asked to wait {exc.retry_after:.0f} s; not retrying."
+    else:
+        delay = retry.backoff_seconds(attempt=attempts, retry_after=exc.retry_after)
+        retry_at = timezone.now() + dt.timedelta(seconds=delay)
+        note = f"{exc} Retrying in {delay} s (attempt {attempts} of {max_attempts} failed)."
+        try:
+            with transaction.atomic():
+                SyncRun.objects.filter(pk=run.pk).update(
+                    state=SyncRun.State.QUEUED,
+                    retry_at=retry_at,
+                    published_at=None,
+                    error=note,
+                    created=counts.created,
+                    updated=counts.updated,
+                    deleted=counts.deleted,
+                )
+            logger.info("sync run %s: %s", run.pk, note)
+            return "retry"
+        except IntegrityError:  # a follow-up run is already queued for the account
+            follow_up = SyncRun.objects.filter(
+                account_id=run.account_id, state=SyncRun.State.QUEUED
+            ).first()
+            if follow_up is None:  # it started meanwhile; it syncs the account anyway
+                error = f"{exc} A newer sync of the account took over."
+            else:
+                SyncRun.objects.filter(pk=follow_up.pk).filter(
+                    Q(retry_at=None) | Q(retry_at__lt=retry_at)
+                ).update(retry_at=retry_at)
+                error = f"{exc} Sync #{follow_up.pk} tries again in {delay} s."
+    Account.objects.filter(pk=run.account_id).update(last_error=str(exc))
+    _finish(run, counts, state=SyncRun.State.FAILED, error=error)
+    return "done"
+
+
+def _hand_back(run: SyncRun, counts: Counts) -> str:
+    """Leave the run as interrupted; its requeued message (or the reaper) starts it again."""
+    SyncRun.objects.filter(pk=run.pk).update(
+        attempts=F("attempts") - 1,  # not the run's fault
+        created=counts.created,
+        updated=counts.updated,
+        deleted=counts.deleted,
+    )
+    logger.warning("worker shutting down: sync run %s handed back to the queue", run.pk)
+    return "hand_back"
 
 def _finish(run: SyncRun, counts: Counts, *, state: str, error: str) -> None:
     SyncRun.objects.filter(pk=run.pk).update(
@@ -319,7 +438,9 @@ def _finish(run: SyncRun, counts: Counts, *, state: str, error: str) -> None:
     )
 
 
-def _sync_account(run: SyncRun, *, counts: Counts, heartbeat: LeaseHeartbeat) -> None:
+def _sync_account(
+    run: SyncRun, *, counts: Counts, heartbeat: LeaseHeartbeat, deadline: float
+) -> None:
     account = Account.objects.get(pk=run.account_id)
     provider = provider_for(account)
     try:
@@ -339,6 +460,7 @@ def _sync_account(run: SyncRun, *, counts: Counts, heartbeat: LeaseHeartbeat) ->
                 counts=counts,
                 heartbeat=heartbeat,
             )
+                deadline=deadline,
             SyncRun.objects.filter(pk=run.pk).update(calendars_done=F("calendars_done") + 1)
     finally:
         provider.close()
@@ -358,11 +480,11 @@ def _sync_calendar(
     counts: Counts,
     heartbeat: LeaseHeartbeat,
 ) -> None:
+    deadline: float,
     known = dict(Event.objects.filter(calendar=calendar).values_list("href", "etag").distinct())
     cursor = Cursor(sync_token=calendar.sync_token, ctag=calendar.ctag)
     for batch in provider.changes(remote, cursor=cursor, known=known):
-        if heartbeat.lost:
-            raise LeaseLost()
+        _checkpoint(heartbeat=heartbeat, deadline=deadline)
         plan = events_apply(calendar=calendar, batch=batch)
         counts.add(plan)
         processed = sum(len(o.events) for o in batch.objects) + len(batch.deleted_hrefs)
@@ -446,3 +568,69 @@ def events_apply(*, calendar: Calendar, batch: ChangeBatch) -> Plan:
             last_synced_at=timezone.now(),
         )
     return plan
+
+
+# --- the reaper ---------------------------------------------------------------------------
+# A queued run not confirmed by RabbitMQ this long after it was due is sent again (the publish
+# right after commit normally takes milliseconds; the margin avoids racing it).
+UNPUBLISHED_GRACE = dt.timedelta(seconds=30)
+
+
+def sync_runs_reap(*, now: dt.datetime | None = None) -> dict:
+    """Put back on the queue what a dead worker or a broker outage left behind.
+
+    - `running` runs whose lease lapsed (their worker died): queued again, or failed with a
+      readable error once their attempts are used up or a newer run of the account is queued;
+    - deferred runs whose account is free (the run that was to hand them back died);
+    - queued runs RabbitMQ never confirmed (the broker was away when they were published).
+    Called by the `sync.reap_stale_runs` periodic task; safe to run anywhere, any number of times.
+    """
+    now = now or timezone.now()
+    requeued, failed, freed, republished = [], [], [], []
+    for run_id, account_id in SyncRun.objects.filter(state=SyncRun.State.RUNNING).values_list(
+        "pk", "account_id"
+    ):
+        with transaction.atomic():
+            lease = lease_lock(account_id)
+            run = SyncRun.objects.select_for_update().filter(pk=run_id).first()
+            if run is None or run.state != SyncRun.State.RUNNING:
+                continue
+            if lease_alive(lease, now) and token_run_id(lease.holder) == run.pk:
+                continue
+            (requeued if run_recover_interrupted(run=run, now=now) else failed).append(run)
+    for run_id, account_id in SyncRun.objects.filter(
+        state=SyncRun.State.QUEUED, deferred=True
+    ).values_list("pk", "account_id"):
+        with transaction.atomic():
+            lease = lease_lock(account_id)
+            if lease_alive(lease, now):
+                continue
+            if SyncRun.objects.filter(pk=run_id, state=SyncRun.State.QUEUED).update(
+                deferred=False, published_at=None
+            ):
+                freed.append(run_id)
+    due = Q(retry_at=None, requested_at__lt=now - UNPUBLISHED_GRACE) | Q(
+        retry_at__lt=now - UNPUBLISHED_GRACE
+    )
+    unpublished = SyncRun.objects.filter(
+        due, state=SyncRun.State.QUEUED, deferred=False, published_at=None
+    )
+    # Requeued and freed runs are published even within the grace: nobody else will.
+    now_due = [r.pk for r in requeued] + freed
+    to_publish = list(SyncRun.objects.filter(pk__in=now_due)) + list(
+        unpublished.exclude(pk__in=now_due)
+    )
+    for run in to_publish:
+        try:
+            sync_publish(run=run)
+        except BrokerUnavailable:
+            break  # still away; the next tick tries again
+        republished.append(run.pk)
+    summary = {
+        "requeued": [r.pk for r in requeued],
+        "failed": [r.pk for r in failed],
+        "published": republished,
+    }
+    if any(summary.values()):
+        logger.warning("reaper: %s", summary)
+    return summary

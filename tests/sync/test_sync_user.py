@@ -1,0 +1,142 @@
+"""`manage.py sync_user`: queue through the service, watch progress, run inline, fail clearly."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from calendars.models import Event
+from sync import services
+from sync.models import SyncRun
+from tests.factories import make_account, make_user
+from tests.support.caldav_servers import vevent
+from tests.support.ports import free_port
+from tests.support.workers import ROOT, database_url
+
+pytestmark = pytest.mark.django_db
+
+
+def sync_user(*args) -> str:
+    out = io.StringIO()
+    call_command("sync_user", *args, stdout=out, stderr=out)
+    return out.getvalue()
+
+
+def test_unknown_user_is_an_error():
+    with pytest.raises(CommandError, match="No user named 'nobody'"):
+        sync_user("nobody", "--wait")
+
+
+def test_account_of_another_user_is_an_error():
+    alice, bob = make_user("alice"), make_user("bob")
+    bobs = make_account(bob)
+    make_account(alice)
+    with pytest.raises(CommandError, match=f"Account {bobs.pk} belongs to another user"):
+        sync_user("alice", "--account", str(bobs.pk))
+    with pytest.raises(CommandError, match="No account with id 999999"):
+        sync_user("alice", "--account", "999999")
+    assert not SyncRun.objects.exists()
+
+
+def test_nothing_to_sync_says_why():
+    user = make_user("carol")
+    with pytest.raises(CommandError, match="carol has no accounts to sync"):
+        sync_user("carol")
+    account = make_account(user, name="Old server", status="needs_reauth")
+    with pytest.raises(CommandError, match=r"no active accounts to sync: \d+ Old server"):
+        sync_user("carol")
+    with pytest.raises(CommandError, match="reconnect it before syncing"):
+        sync_user("carol", "--account", str(account.pk))
+
+
+@pytest.fixture
+def connected(radicale, transactional_db):
+    """A user with a Radicale account holding one calendar of four events."""
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    radicale.make_calendar(name, display_name="Work")
+    for i in range(4):
+        radicale.put(name, f"c{i}.ics", vevent(f"c{i}-{name}@example.com"))
+    account = services.account_connect(
+        owner=make_user("dave"),
+        provider="caldav",
+        name="Radicale",
+        url=radicale.base_url + "/",
+        username=radicale.user,
+        credentials={"password": "secret-password"},
+    )
+    yield account
+    radicale.delete_calendar(name)
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_inline_syncs_in_process_with_a_progress_bar(connected):
+    output = sync_user("dave", "--inline", "--interval", "0.05")
+
+    run = SyncRun.objects.get(account=connected)
+    assert (run.trigger, run.state, run.created) == ("command", "succeeded", 4)
+    assert run.progress == {"calendars_done": 1, "calendars_total": 1, "events_processed": 4}
+    assert Event.objects.filter(calendar__account=connected).count() == 4
+    bar = f"#{run.pk} Radicale"
+    assert f"{bar}" in output
+    assert "[########################] 1/1 calendars, 4 events  succeeded" in output
+    assert f"Sync #{run.pk} of Radicale (CalDAV) succeeded in" in output
+    assert "4 created, 0 updated, 0 deleted." in output
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_wait_follows_runs_done_by_a_worker(connected, worker):
+    output = sync_user("dave", "--wait", "--interval", "0.1")
+
+    run = SyncRun.objects.get(account=connected)
+    assert run.state == "succeeded" and run.task_id
+    lines = output.splitlines()
+    assert lines[0] == f"Sync #{run.pk} of Radicale (CalDAV) queued."
+    assert any(line.endswith("succeeded") and "4 events" in line for line in lines)
+    assert lines[-1].startswith(f"Sync #{run.pk} of Radicale (CalDAV) succeeded in")
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_run_is_reported_with_its_error_and_fails_the_command(live_server):
+    user = make_user("erin")
+    make_account(user, name="Not CalDAV", url=live_server.url + "/no-such-page/")
+    out = io.StringIO()
+
+    with pytest.raises(CommandError, match=r"1 of 1 sync\(s\) did not succeed"):
+        call_command("sync_user", "erin", "--inline", "--interval", "0.05", stdout=out)
+
+    run = SyncRun.objects.get(account__owner=user)
+    assert run.state == "failed" and run.error
+    assert f"Sync #{run.pk} of Not CalDAV (CalDAV) failed" in out.getvalue()
+    assert run.error in out.getvalue()
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_unreachable_broker_exits_non_zero_and_queues_nothing():
+    user = make_user("frank")
+    make_account(user)
+    dead_broker = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+
+    proc = subprocess.run(
+        [sys.executable, "manage.py", "sync_user", "frank"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url(), "CELERY_BROKER_URL": dead_broker},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "RabbitMQ" in proc.stderr and "nothing was queued" in proc.stderr
+    assert "--inline" in proc.stderr
+    assert "guest:guest" not in proc.stderr  # the broker URL is shown without its password
+    assert not SyncRun.objects.filter(account__owner=user).exists()
