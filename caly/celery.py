@@ -30,6 +30,22 @@ def open_shared_resources(sender=None, **kwargs):
     )
 
 
+@signals.worker_shutting_down.connect
+def begin_shutdown(sig=None, how=None, **kwargs):
+    """SIGTERM (warm shutdown): running syncs get a grace period, then hand their runs back."""
+    from django.conf import settings
+
+    from sync import lifecycle
+
+    lifecycle.shutdown_begun()
+    logger.info(
+        "%s shutdown on %s: running syncs have %ss to finish, then go back to the queue",
+        how,
+        sig,
+        settings.CALY_SHUTDOWN_GRACE_SECONDS,
+    )
+
+
 @signals.worker_shutdown.connect
 def close_shared_resources(sender=None, **kwargs):
     """Close pooled HTTP connections and database connections on the way out."""

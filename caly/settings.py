@@ -153,6 +153,23 @@ CALY_RESYNC_MINUTES = env.int("CALY_RESYNC_MINUTES", default=15)
 # A running sync holds a per-account lease; it is renewed every third of this and lapses if
 # the worker dies, so another worker can take over.
 CALY_LEASE_SECONDS = env.int("CALY_LEASE_SECONDS", default=60)
+# A sync stops at the next batch boundary after this long and continues as a retry: RabbitMQ
+# closes the channel of a message held unacknowledged longer than its consumer_timeout (30 min by
+# default), which would redeliver the message and restart the worker's connection.
+CALY_SYNC_DEADLINE_SECONDS = env.int("CALY_SYNC_DEADLINE_SECONDS", default=15 * 60)
+# Transient provider errors (timeouts, 429, 5xx) are retried this many times in all, waiting
+# a random time up to CALY_RETRY_BASE_SECONDS * 2**n (at most CALY_RETRY_MAX_SECONDS), or what
+# the server asked for with Retry-After if that is longer.
+CALY_SYNC_MAX_ATTEMPTS = env.int("CALY_SYNC_MAX_ATTEMPTS", default=5)
+CALY_RETRY_BASE_SECONDS = env.float("CALY_RETRY_BASE_SECONDS", default=5.0)
+CALY_RETRY_MAX_SECONDS = env.int("CALY_RETRY_MAX_SECONDS", default=15 * 60)
+# On SIGTERM a worker lets its running syncs finish for this long, then hands the rest back to
+# the queue at their next batch boundary; the process exits once every slot is free.
+CALY_SHUTDOWN_GRACE_SECONDS = env.float("CALY_SHUTDOWN_GRACE_SECONDS", default=20.0)
+# How often the reaper looks for runs lost to a dead worker or a broker outage.
+CALY_REAPER_SECONDS = env.int("CALY_REAPER_SECONDS", default=60)
+# Extra providers, "name=module:Class,..." (the test suite and benchmarks register a fake).
+CALY_EXTRA_PROVIDERS = env.dict("CALY_EXTRA_PROVIDERS", default={})
 CALY_SYNC_BATCH_SIZE = env.int("CALY_SYNC_BATCH_SIZE", default=500)
 CALY_GOOGLE_CLIENT_ID = env.str("CALY_GOOGLE_CLIENT_ID", default="")
 CALY_GOOGLE_CLIENT_SECRET = env.str("CALY_GOOGLE_CLIENT_SECRET", default="")
@@ -165,8 +182,9 @@ CALY_GOOGLE_TOKEN_URI = env.str(
 CALY_QUEUE_PREFIX = env.str("CALY_QUEUE_PREFIX", default="caly")
 CALY_SYNC_QUEUE = f"{CALY_QUEUE_PREFIX}.sync"
 CALY_MAINTENANCE_QUEUE = f"{CALY_QUEUE_PREFIX}.maintenance"
-# Classic queues put a redelivered message back at its original position, which keeps the
-# start-order promise; quorum queues (for a RabbitMQ cluster) are opt-in.
+# Classic queues put a requeued message back at its original position, which keeps the
+# start-order promise; quorum queues (replicated, for a RabbitMQ cluster) return it to the back
+# unless a delivery-limit is set, so they are opt-in.
 CALY_QUEUE_TYPE = env.str("CALY_QUEUE_TYPE", default="classic")
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="amqp://guest:guest@localhost:5672//")
@@ -180,8 +198,14 @@ CELERY_TASK_PUBLISH_RETRY = True
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
 # Ack after the task ran, so a message whose worker died is redelivered.
 CELERY_TASK_ACKS_LATE = True
-# In the prefork pool, a child killed mid-task rejects (requeues) its message rather than acking.
+# Only the prefork pool acts on this (a child killed mid-task requeues its message); in the
+# thread pool the whole process dies and RabbitMQ requeues its unacknowledged messages itself.
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# After a lost broker connection, running syncs carry on: their messages are redelivered and the
+# account lease makes the second delivery wait instead of syncing the account twice.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# No time limits: the thread pool cannot enforce them. A sync checks its own deadline between
+# batches (CALY_SYNC_DEADLINE_SECONDS) and every HTTP call has a timeout.
 # Prefetch exactly one message per slot: a worker never sits on messages others could start.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
@@ -209,3 +233,12 @@ CELERY_TASK_QUEUES = [
     for name in (CALY_SYNC_QUEUE, CALY_MAINTENANCE_QUEUE)
 ]
 CELERY_TASK_ROUTES = {"sync.run_sync": {"queue": CALY_SYNC_QUEUE, "routing_key": CALY_SYNC_QUEUE}}
+# Finds runs lost to a dead worker or a broker outage and puts them back on the queue. A missed
+# tick is not worth doing twice: the message expires after one interval.
+CELERY_BEAT_SCHEDULE = {
+    "sync.reap_stale_runs": {
+        "task": "sync.reap_stale_runs",
+        "schedule": float(CALY_REAPER_SECONDS),
+        "options": {"expires": float(CALY_REAPER_SECONDS)},
+    },
+}

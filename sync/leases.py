@@ -1,15 +1,18 @@
 """The per-account sync lease: one sync of an account at a time, safe against dead workers.
 
-No transaction stays open across HTTP calls: taking, renewing and releasing the lease are each a
-short locked statement, and a lease whose holder stopped renewing it simply lapses.
+No transaction stays open across HTTP calls: claiming, renewing and releasing the lease are each
+a short locked statement, and a lease whose holder stopped renewing it simply lapses. Locks are
+always taken lease first, then runs, so claims, releases and the reaper cannot deadlock.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import threading
 import uuid
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
@@ -24,40 +27,123 @@ def _ttl() -> dt.timedelta:
     return dt.timedelta(seconds=settings.CALY_LEASE_SECONDS)
 
 
-@transaction.atomic
-def lease_acquire_or_defer(*, run: SyncRun, task_id: str = "") -> str | None:
-    """Take the account's lease and mark the run running; or, if another sync holds it, defer.
+def lease_token(*, run_id: int, worker: str = "") -> str:
+    """A lease holder names the run it syncs (and the worker, for people reading the admin)."""
+    return f"{run_id}:{worker or '?'}:{uuid.uuid4().hex[:12]}"
 
-    Returns the lease token, or None when the run was deferred (its message is handed back by
-    the holder on release, or by the reaper if the holder died).
-    """
+
+def token_run_id(holder: str) -> int | None:
+    head = holder.split(":", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def lease_alive(lease: SyncLease | None, now: dt.datetime | None = None) -> bool:
+    now = now or timezone.now()
+    return bool(lease and lease.holder and lease.expires_at and lease.expires_at > now)
+
+
+def lease_lock(account_id: int) -> SyncLease:
+    """The account's lease row, locked until the transaction ends (created if missing)."""
+    SyncLease.objects.get_or_create(account_id=account_id)
+    return SyncLease.objects.select_for_update().get(account_id=account_id)
+
+
+@dataclass
+class Claim:
+    """What a worker should do with the message of a run it just received."""
+
+    # acquired: sync it now; deferred: the account's current sync hands it back when done;
+    # done: nothing left to do (finished, gone, or given up); later: publish it again in
+    # `delay` seconds (a retry that came back early, or its previous worker may still live).
+    outcome: str
+    run: SyncRun | None = None
+    token: str = ""
+    delay: int = 0
+
+
+@transaction.atomic
+def run_claim(*, run_id: int, task_id: str = "", worker: str = "") -> Claim:
+    """Take the account's lease and mark the run running; or say why not."""
+    account_id = SyncRun.objects.filter(pk=run_id).values_list("account_id", flat=True).first()
+    if account_id is None:
+        return Claim("done")
     now = timezone.now()
-    SyncLease.objects.get_or_create(account_id=run.account_id)
-    lease = SyncLease.objects.select_for_update().get(account_id=run.account_id)
-    run.refresh_from_db()
-    if run.state in SyncRun.TERMINAL_STATES:
-        return None
-    if lease.holder and lease.expires_at and lease.expires_at > now:
-        SyncRun.objects.filter(pk=run.pk).update(deferred=True)
-        return None
-    token = f"{run.pk}:{uuid.uuid4().hex}"
+    lease = lease_lock(account_id)
+    run = SyncRun.objects.select_for_update().filter(pk=run_id).first()
+    if run is None or run.state in SyncRun.TERMINAL_STATES:
+        return Claim("done", run)
+    alive = lease_alive(lease, now)
+    if run.state == SyncRun.State.RUNNING:
+        if alive and token_run_id(lease.holder) == run.pk:
+            # A second delivery while the first may still be syncing (a broker connection was
+            # lost): look again once the lease would have lapsed.
+            return Claim("later", run, delay=_seconds_until(lease.expires_at, now) + 1)
+        if not run_recover_interrupted(run=run, now=now):
+            return Claim("done", run)
+    if run.retry_at and run.retry_at > now + dt.timedelta(seconds=0.5):
+        return Claim("later", run, delay=_seconds_until(run.retry_at, now))
+    if alive:
+        if not run.deferred:
+            run.deferred = True
+            run.save(update_fields=["deferred"])
+        return Claim("deferred", run)
+    token = lease_token(run_id=run.pk, worker=worker)
     lease.holder, lease.expires_at = token, now + _ttl()
     lease.save(update_fields=["holder", "expires_at"])
     run.state = SyncRun.State.RUNNING
-    run.started_at = now
+    run.started_at = run.started_at or now  # the first start is the one the order promise is about
     run.attempts += 1
     run.deferred = False
+    run.retry_at = None
     if task_id:
         run.task_id = task_id
-    run.save(update_fields=["state", "started_at", "attempts", "deferred", "task_id"])
-    return token
+    run.save(update_fields=["state", "started_at", "attempts", "deferred", "retry_at", "task_id"])
+    return Claim("acquired", run, token=token)
+
+
+def run_recover_interrupted(*, run: SyncRun, now: dt.datetime) -> bool:
+    """A `running` run whose worker died or handed it back: queue it again, or end it.
+
+    Call with the account's lease and the run locked. Returns True if the run is queued again
+    (its caller then delivers it), False if it was ended.
+    """
+    max_attempts = settings.CALY_SYNC_MAX_ATTEMPTS
+    sibling = (
+        SyncRun.objects.filter(account_id=run.account_id, state=SyncRun.State.QUEUED)
+        .exclude(pk=run.pk)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if run.attempts >= max_attempts:
+        error = f"The worker running this sync stopped {run.attempts} times; gave up."
+    elif sibling is not None:
+        error = f"Interrupted when its worker stopped; sync #{sibling} syncs the account again."
+    else:
+        run.state = SyncRun.State.QUEUED
+        run.published_at = None
+        run.error = "Interrupted when its worker stopped; queued again."
+        run.save(update_fields=["state", "published_at", "error"])
+        logger.warning("sync run %s was interrupted; queued again", run.pk)
+        return True
+    run.state, run.finished_at, run.error = SyncRun.State.FAILED, now, error
+    run.save(update_fields=["state", "finished_at", "error"])
+    logger.warning("sync run %s was interrupted and ended: %s", run.pk, error)
+    return False
+
+
+def _seconds_until(when: dt.datetime, now: dt.datetime) -> int:
+    return max(1, math.ceil((when - now).total_seconds()))
 
 
 @transaction.atomic
 def lease_release(*, account_id: int, token: str) -> SyncRun | None:
-    """Give the lease back; returns a deferred queued run of the account that is now due."""
-    lease = SyncLease.objects.select_for_update().filter(account_id=account_id).first()
-    if lease is not None and lease.holder == token:
+    """Give the lease back; returns a deferred queued run of the account that is now due.
+
+    The caller publishes that run; until RabbitMQ confirms, it counts as unpublished, so the
+    reaper sends it if the caller cannot.
+    """
+    lease = lease_lock(account_id)
+    if lease.holder == token:
         lease.holder, lease.expires_at = "", None
         lease.save(update_fields=["holder", "expires_at"])
     waiting = (
@@ -67,46 +153,81 @@ def lease_release(*, account_id: int, token: str) -> SyncRun | None:
     )
     if waiting is not None:
         waiting.deferred = False
-        waiting.save(update_fields=["deferred"])
+        waiting.published_at = None
+        waiting.save(update_fields=["deferred", "published_at"])
     return waiting
 
 
-def lease_renew(*, account_id: int, token: str) -> bool:
-    return bool(
-        SyncLease.objects.filter(account_id=account_id, holder=token).update(
-            expires_at=timezone.now() + _ttl()
-        )
-    )
+def lease_renew(*, tokens: list[str]) -> set[str]:
+    """Extend the given leases; returns the tokens that are no longer held (taken over)."""
+    if not tokens:
+        return set()
+    SyncLease.objects.filter(holder__in=tokens).update(expires_at=timezone.now() + _ttl())
+    held = set(SyncLease.objects.filter(holder__in=tokens).values_list("holder", flat=True))
+    return set(tokens) - held
+
+
+class _LeaseKeeper:
+    """One thread per process renews every lease the process holds, in one statement.
+
+    One thread and one database connection however many syncs run at once: the connection
+    count of a worker stays at its slots plus one.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._held: dict[str, LeaseHeartbeat] = {}
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, heartbeat: LeaseHeartbeat) -> None:
+        with self._lock:
+            self._held[heartbeat.token] = heartbeat
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+                self._thread.start()
+
+    def remove(self, heartbeat: LeaseHeartbeat) -> None:
+        with self._lock:
+            self._held.pop(heartbeat.token, None)
+
+    def _run(self) -> None:
+        interval = max(settings.CALY_LEASE_SECONDS / 3, 0.5)
+        while True:
+            self._wake.wait(interval)
+            with self._lock:
+                held = dict(self._held)
+            if not held:
+                continue
+            try:
+                lost = lease_renew(tokens=list(held))
+            except Exception:
+                logger.exception("renewing %s sync leases failed", len(held))
+                close_old_connections()
+                continue
+            finally:
+                connection.close()
+            with self._lock:
+                # A sync that ended meanwhile released its lease: that is not a loss.
+                lost = [self._held[token] for token in lost if token in self._held]
+            for heartbeat in lost:
+                heartbeat.lost = True
+                logger.warning("the sync lease on account %s was lost", heartbeat.account_id)
+
+
+_keeper = _LeaseKeeper()
 
 
 class LeaseHeartbeat:
-    """Renews a lease in the background while a long sync runs; notices if it was lost."""
+    """Keeps a lease renewed while a sync runs; `lost` turns true if another worker took it."""
 
     def __init__(self, *, account_id: int, token: str):
         self.account_id, self.token = account_id, token
         self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{account_id}", daemon=True)
 
     def __enter__(self) -> LeaseHeartbeat:
-        self._thread.start()
+        _keeper.add(self)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        interval = max(settings.CALY_LEASE_SECONDS / 3, 0.5)
-        try:
-            while not self._stop.wait(interval):
-                try:
-                    if not lease_renew(account_id=self.account_id, token=self.token):
-                        self.lost = True
-                        logger.warning("lease on account %s was lost", self.account_id)
-                        return
-                except Exception:
-                    logger.exception("renewing the lease on account %s failed", self.account_id)
-                    close_old_connections()
-        finally:
-            connection.close()
+        _keeper.remove(self)

@@ -202,7 +202,6 @@ def sync_request_account(*, account: Account, trigger: str, publish: bool = True
 def sync_publish(*, run: SyncRun, withdraw_on_failure: bool = False) -> None:
     """Hand the run's id (and nothing else) to RabbitMQ, waiting for the broker's confirm.
 
-    try:
     A run waiting out a retry goes through a delay queue and comes back at its `retry_at`.
     With `withdraw_on_failure` (a new request) a run RabbitMQ did not take is deleted, so the
     caller can answer "nothing was queued"; otherwise it stays queued and unpublished, and the
@@ -211,6 +210,7 @@ def sync_publish(*, run: SyncRun, withdraw_on_failure: bool = False) -> None:
     delay = 0
     if run.retry_at is not None:
         delay = max(0, math.ceil((run.retry_at - timezone.now()).total_seconds()))
+    try:
         retry.publish_run(run_id=run.pk, task_id=run.task_id or str(uuid.uuid4()), delay=delay)
     except (OperationalError, KombuError, OSError) as exc:
         logger.error("could not publish sync run %s: %s", run.pk, type(exc).__name__)
@@ -219,7 +219,6 @@ def sync_publish(*, run: SyncRun, withdraw_on_failure: bool = False) -> None:
         raise BrokerUnavailable(
             "The sync queue (RabbitMQ) is unavailable; nothing was queued. Try again shortly."
         ) from exc
-
     SyncRun.objects.filter(pk=run.pk, published_at=None).update(published_at=timezone.now())
 
 
@@ -228,6 +227,7 @@ def _publish_or_leave_to_reaper(run: SyncRun) -> None:
         sync_publish(run=run)
     except BrokerUnavailable:
         logger.warning("sync run %s stays queued until the reaper can publish it", run.pk)
+
 
 # --- periodic resync (celery beat) -------------------------------------------------------
 RESYNC_MIN_BATCH = 10
@@ -304,16 +304,16 @@ def sync_run_execute(*, run_id: int, task_id: str = "", worker: str = "") -> dic
     if waiting is not None:
         _publish_or_leave_to_reaper(waiting)
     run.refresh_from_db()
-    return {
     if outcome == "retry":
         _publish_or_leave_to_reaper(run)
+    return {
         "run": run.pk,
         "state": run.state,
         "created": run.created,
         "updated": run.updated,
         "deleted": run.deleted,
-    }
         "handed_back": outcome == "hand_back",
+    }
 
 
 class HandBack(Exception):
@@ -333,8 +333,8 @@ def _execute(run: SyncRun, *, heartbeat: LeaseHeartbeat) -> str:
     """Sync the run's account; returns "done", "retry" (queued again) or "hand_back"."""
     account = run.account
     counts = Counts()
-    try:
     deadline = time.monotonic() + settings.CALY_SYNC_DEADLINE_SECONDS
+    try:
         _sync_account(run, counts=counts, heartbeat=heartbeat, deadline=deadline)
     except HandBack:
         return _hand_back(run, counts)
@@ -357,7 +357,6 @@ def _execute(run: SyncRun, *, heartbeat: LeaseHeartbeat) -> str:
         now = timezone.now()
         Account.objects.filter(pk=account.pk).update(last_synced_at=now, last_error="")
         _finish(run, counts, state=SyncRun.State.SUCCEEDED, error="")
-
     return "done"
 
 
@@ -427,6 +426,7 @@ def _hand_back(run: SyncRun, counts: Counts) -> str:
     logger.warning("worker shutting down: sync run %s handed back to the queue", run.pk)
     return "hand_back"
 
+
 def _finish(run: SyncRun, counts: Counts, *, state: str, error: str) -> None:
     SyncRun.objects.filter(pk=run.pk).update(
         state=state,
@@ -459,8 +459,8 @@ def _sync_account(
                 by_id[normalize_href(calendar.remote_id)],
                 counts=counts,
                 heartbeat=heartbeat,
-            )
                 deadline=deadline,
+            )
             SyncRun.objects.filter(pk=run.pk).update(calendars_done=F("calendars_done") + 1)
     finally:
         provider.close()
@@ -479,8 +479,8 @@ def _sync_calendar(
     *,
     counts: Counts,
     heartbeat: LeaseHeartbeat,
-) -> None:
     deadline: float,
+) -> None:
     known = dict(Event.objects.filter(calendar=calendar).values_list("href", "etag").distinct())
     cursor = Cursor(sync_token=calendar.sync_token, ctag=calendar.ctag)
     for batch in provider.changes(remote, cursor=cursor, known=known):

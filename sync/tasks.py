@@ -1,6 +1,7 @@
 """Celery tasks: thin, named for good, arguments are ids only."""
 
 from celery import shared_task
+from celery.exceptions import Reject
 
 from sync import services
 
@@ -8,7 +9,20 @@ from sync import services
 @shared_task(name="sync.run_sync", acks_late=True)
 def run_sync(run_id: int) -> dict:
     """Run one sync request. The message carries the SyncRun id and nothing else."""
-    return services.sync_run_execute(run_id=run_id, task_id=run_sync.request.id or "")
+    result = services.sync_run_execute(
+        run_id=run_id, task_id=run_sync.request.id or "", worker=run_sync.request.hostname or ""
+    )
+    if result.get("handed_back"):
+        # The worker is stopping: back into the queue where it was (classic queues), for
+        # another worker to finish.
+        raise Reject("worker shutting down", requeue=True)
+    return result
+
+
+@shared_task(name="sync.reap_stale_runs", ignore_result=True)
+def reap_stale_runs() -> dict:
+    """Periodic (celery beat): requeue runs lost to a dead worker or a broker outage."""
+    return services.sync_runs_reap()
 
 
 @shared_task(name="sync.resync_stale")

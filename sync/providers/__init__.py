@@ -5,6 +5,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
+from django.conf import settings
+
 from sync.providers.base import Provider
 
 if TYPE_CHECKING:
@@ -18,7 +20,9 @@ REGISTRY: dict[str, str] = {
 
 
 def provider_class(name: str) -> type[Provider]:
-    module, _, cls = REGISTRY[name].partition(":")
+    # Deployments (and the test suite's fake) may add providers: CALY_EXTRA_PROVIDERS.
+    path = REGISTRY.get(name) or settings.CALY_EXTRA_PROVIDERS[name]
+    module, _, cls = path.partition(":")
     return getattr(import_module(module), cls)
 
 

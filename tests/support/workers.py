@@ -55,13 +55,28 @@ class Worker:
             self.process.kill()
             return self.process.wait(timeout=10)
 
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready():
+            if not self.alive():
+                raise AssertionError(f"worker exited early:\n{self.log()}")
+            return " ready." in self.log()
+
+        wait_for(ready, timeout=timeout, what="the Celery worker to be ready")
+
     def kill(self) -> None:
         self.process.kill()
         self.process.wait(timeout=10)
 
 
-def start_worker(*, threads: int = 4, env: dict | None = None, queues: str | None = None) -> Worker:
-    """Start `celery worker --pool threads` and wait until it consumes."""
+def start_worker(
+    *,
+    threads: int = 4,
+    env: dict | None = None,
+    queues: str | None = None,
+    args: list[str] | None = None,
+    wait: bool = True,
+) -> Worker:
+    """Start `celery worker --pool threads` and (unless `wait` is false) wait until it consumes."""
     name = f"caly-test-{uuid.uuid4().hex[:8]}@localhost"
     log_path = Path(tempfile.mkstemp(prefix="caly-worker-", suffix=".log")[1])
     cmd = [
@@ -84,6 +99,7 @@ def start_worker(*, threads: int = 4, env: dict | None = None, queues: str | Non
     ]
     if queues:
         cmd += ["--queues", queues]
+    cmd += args or []
     process = subprocess.Popen(
         cmd,
         cwd=ROOT,
@@ -92,11 +108,6 @@ def start_worker(*, threads: int = 4, env: dict | None = None, queues: str | Non
         stderr=subprocess.STDOUT,
     )
     worker = Worker(name=name, process=process, log_path=log_path)
-
-    def ready():
-        if not worker.alive():
-            raise AssertionError(f"worker exited early:\n{worker.log()}")
-        return " ready." in worker.log()
-
-    wait_for(ready, timeout=60, what="the Celery worker to be ready")
+    if wait:
+        worker.wait_ready()
     return worker

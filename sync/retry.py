@@ -1,0 +1,83 @@
+"""Where sync messages go: the one sync queue, and broker-side delays for retries.
+
+A run waiting to be retried is a message in a delay queue on RabbitMQ, not a sleeping thread or
+an ETA message in a worker's memory: `<sync queue>.delay.<seconds>` holds it for that many
+seconds (x-message-ttl) and then dead-letters it back onto the sync queue, at the back. Every
+message in one delay queue has the same lifetime, so they expire in order; a delay queue nobody
+has published to for a while deletes itself (x-expires).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+from django.conf import settings
+from kombu import Exchange, Queue
+
+# A delay queue outlives its last message by this long, then RabbitMQ deletes it.
+DELAY_QUEUE_IDLE_SECONDS = 60
+
+
+def sync_queue() -> Queue:
+    """The durable queue every sync worker consumes (declared the same way as in settings)."""
+    name = settings.CALY_SYNC_QUEUE
+    return Queue(
+        name,
+        Exchange(name, type="direct", durable=True),
+        routing_key=name,
+        durable=True,
+        queue_arguments={"x-queue-type": settings.CALY_QUEUE_TYPE},
+    )
+
+
+def delay_queue(seconds: int) -> Queue:
+    """A queue that hands each message back to the sync queue after `seconds`."""
+    seconds = max(int(seconds), 1)
+    target = sync_queue()
+    return Queue(
+        f"{target.name}.delay.{seconds}",
+        Exchange("", type="direct"),
+        routing_key=f"{target.name}.delay.{seconds}",
+        durable=True,
+        queue_arguments={
+            "x-queue-type": "classic",
+            "x-message-ttl": seconds * 1000,
+            "x-dead-letter-exchange": target.exchange.name,
+            "x-dead-letter-routing-key": target.routing_key,
+            # Redeclared on every publish, so this counts from the latest one.
+            "x-expires": (seconds + DELAY_QUEUE_IDLE_SECONDS) * 1000,
+        },
+    )
+
+
+def backoff_seconds(*, attempt: int, retry_after: float | None = None) -> int:
+    """How long to wait after the `attempt`-th try failed: exponential backoff, full jitter.
+
+    A server's Retry-After is a floor. Whole seconds, so retries share a few delay queues.
+    """
+    ceiling = min(
+        settings.CALY_RETRY_MAX_SECONDS, settings.CALY_RETRY_BASE_SECONDS * 2 ** (attempt - 1)
+    )
+    delay = random.uniform(0, ceiling)
+    if retry_after:
+        delay = max(delay, retry_after)
+    return max(1, math.ceil(delay))
+
+
+def publish_run(*, run_id: int, task_id: str, delay: int = 0) -> None:
+    """Publish a run's id to the sync queue (or to a delay queue in front of it), confirmed.
+
+    Raises kombu/socket errors if RabbitMQ could not take it after the publish retries.
+    """
+    from sync.tasks import run_sync
+
+    queue = delay_queue(delay) if delay > 0 else sync_queue()
+    run_sync.apply_async(
+        args=[run_id],
+        task_id=task_id,
+        queue=queue,
+        exchange=queue.exchange,
+        routing_key=queue.routing_key,
+        declare=[queue],
+    )

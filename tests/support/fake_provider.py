@@ -1,0 +1,131 @@
+"""A calendar provider with a controlled duration, for queue tests and benchmarks.
+
+Registered only where CALY_EXTRA_PROVIDERS names it (`fake=tests.support.fake_provider:FakeProvider`);
+accounts use provider "fake" and describe their behaviour in the URL query:
+
+    http://fake.invalid/<key>?delay=0.05&batches=2&events=3&transient=1&retry_after=2
+
+- `delay`: seconds each request takes (discovery is one request, each batch of changes one);
+- `batches`: how many batches of changes a sync fetches; `events`: events in the calendar;
+- `transient`: the first N syncs of the account fail with a TransientError (429-like), with
+  `retry_after` seconds as the server's Retry-After.
+
+With CALY_FAKE_PROVIDER_LOG set, every sync appends `{"key", "pid", "event", "at"}` lines to that
+file (event "start", then "end" or "failed"), so a test can see which process runs what, and that
+syncs of one account never overlapped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from urllib.parse import parse_qs, urlsplit
+
+from sync.providers.base import (
+    ChangeBatch,
+    Cursor,
+    Provider,
+    RemoteCalendar,
+    RemoteEvent,
+    RemoteObject,
+    TransientError,
+)
+
+LOG_ENV = "CALY_FAKE_PROVIDER_LOG"
+REGISTRATION = "fake=tests.support.fake_provider:FakeProvider"
+
+
+def fake_url(key: str, **params) -> str:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"http://fake.invalid/{key}" + (f"?{query}" if query else "")
+
+
+def read_log(path) -> list[dict]:
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+class FakeProvider(Provider):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        parts = urlsplit(self.url)
+        self.key = parts.path.strip("/")
+        q = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        self.delay = float(q.get("delay", 0))
+        self.batches = max(int(q.get("batches", 1)), 1)
+        self.events = int(q.get("events", 0))
+        self.transient = int(q.get("transient", 0))
+        self.retry_after = float(q["retry_after"]) if "retry_after" in q else None
+        self.started = None
+        self.home_url = self.home_url or f"http://fake.invalid/{self.key}/"
+
+    def _request(self) -> None:
+        if self.delay:
+            time.sleep(self.delay)
+
+    def discover(self) -> list[RemoteCalendar]:
+        log = os.environ.get(LOG_ENV)
+        earlier = 0
+        if self.transient and log:
+            earlier = sum(
+                1 for e in read_log(log) if e["key"] == self.key and e["event"] == "start"
+            )
+        self.started = True
+        self._log("start")
+        if earlier < self.transient:
+            self.started = None
+            self._log("failed")
+            raise TransientError(
+                "The calendar server is rate limiting (HTTP 429).",
+                retry_after=self.retry_after,
+            )
+        self._request()
+        return [RemoteCalendar(remote_id=f"http://fake.invalid/{self.key}/cal/", name="Fake")]
+
+    def changes(
+        self, calendar: RemoteCalendar, *, cursor: Cursor, known: Mapping[str, str]
+    ) -> Iterator[ChangeBatch]:
+        listed = {f"/{self.key}/cal/e{i}.ics": '"1"' for i in range(self.events)}
+        wanted = [h for h, etag in listed.items() if known.get(h) != etag]
+        gone = [h for h in known if h not in listed]
+        per_batch = -(-len(wanted) // self.batches) if wanted else 0
+        for n in range(self.batches):
+            self._request()
+            chunk = wanted[n * per_batch : (n + 1) * per_batch] if per_batch else []
+            last = n == self.batches - 1
+            yield ChangeBatch(
+                objects=[self._object(href) for href in chunk],
+                deleted_hrefs=gone if last else [],
+                cursor=Cursor(ctag=str(self.events)) if last else None,
+            )
+
+    def _object(self, href: str) -> RemoteObject:
+        n = href.rsplit("/e", 1)[1].removesuffix(".ics")
+        start = dt.datetime(2030, 1, 1, 9, tzinfo=dt.UTC) + dt.timedelta(days=int(n))
+        event = RemoteEvent(
+            uid=f"{self.key}-{n}@fake",
+            summary=f"Event {n}",
+            start=start,
+            end=start + dt.timedelta(hours=1),
+        )
+        return RemoteObject(href=href, etag='"1"', events=(event,), raw="")
+
+    def close(self) -> None:
+        if self.started is not None:
+            self._log("end")
+            self.started = None
+
+    def _log(self, event: str) -> None:
+        path = os.environ.get(LOG_ENV)
+        if not path:
+            return
+        line = json.dumps({"key": self.key, "pid": os.getpid(), "event": event, "at": time.time()})
+        # One short O_APPEND write per line: lines from several processes never interleave.
+        with open(path, "a") as f:
+            f.write(line + "\n")
