@@ -1,0 +1,156 @@
+"""One sync per account at a time: coalescing, the per-account lease, and the reaper.
+
+Concurrent requests for one account end in one queued run; while a run is running, in exactly
+one follow-up; two workers never sync the same account at once; what a dead worker or a broker
+outage left behind is put back by the reaper (`sync.reap_stale_runs`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from caly.celery import app
+from sync.models import SyncLease, SyncRun
+from sync.services import sync_request_account, sync_runs_reap
+from tests.support.polling import wait_for
+from tests.support.queue_lab import make_fake_accounts, wait_all_terminal
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
+
+
+def concurrent_requests(user, account, count: int) -> list[list[int]]:
+    """`count` POST /api/sync/ for one account, released at the same moment from threads."""
+    barrier = threading.Barrier(count)
+    answers: list = [None] * count
+
+    def ask(i):
+        client = APIClient()
+        client.force_authenticate(user)
+        try:
+            barrier.wait()
+            response = client.post("/api/sync/", {"account": account.pk}, format="json")
+            answers[i] = (response.status_code, [r["id"] for r in response.json()["runs"]])
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(status == 202 for status, _ in answers), answers
+    return [ids for _, ids in answers]
+
+
+def syncs_overlap(log: list[dict], key: str) -> bool:
+    running = False
+    for entry in (e for e in log if e["key"] == key):
+        if entry["event"] == "start":
+            if running:
+                return True
+            running = True
+        else:
+            running = False
+    return False
+
+
+def test_concurrent_requests_for_a_queued_account_coalesce(lab, user):
+    [account] = make_fake_accounts(user, 1)  # no worker: the run stays queued
+    answers = concurrent_requests(user, account, 12)
+    assert len({tuple(ids) for ids in answers}) == 1
+    assert SyncRun.objects.filter(account=account).count() == 1
+
+
+def test_running_account_gets_one_follow_up_and_never_two_syncs_at_once(lab, user):
+    lab.start_workers(2, threads=2)
+    accounts = make_fake_accounts(user, 3, delay=0.25, batches=4, events=4)
+    first = {a.pk: sync_request_account(account=a, trigger="api").pk for a in accounts}
+    wait_for(
+        lambda: SyncRun.objects.filter(pk__in=first.values(), state="running").count() == 3,
+        timeout=30,
+        what="the three syncs to start",
+    )
+
+    follow_ups = {}
+    for account in accounts:
+        answers = concurrent_requests(user, account, 8)
+        [[follow_up]] = {tuple(ids) for ids in answers}
+        assert follow_up != first[account.pk]
+        follow_ups[account.pk] = follow_up
+
+    runs = wait_all_terminal([*first.values(), *follow_ups.values()], timeout=60)
+    assert {r.state for r in runs} == {"succeeded"}
+    assert SyncRun.objects.count() == 6
+    log = lab.provider_log()
+    for account in accounts:
+        key = account.url.split("/")[3].split("?")[0]
+        assert [e["event"] for e in log if e["key"] == key] == ["start", "end", "start", "end"]
+        assert not syncs_overlap(log, key)
+    # The follow-up started only after the first finished (it waited, deferred, not in a slot).
+    for account in accounts:
+        before, after = (
+            SyncRun.objects.get(pk=p) for p in (first[account.pk], follow_ups[account.pk])
+        )
+        assert after.started_at >= before.finished_at
+
+
+def test_reaper_requeues_fails_and_republishes_what_was_left_behind(lab, user):
+    lab.configure(CALY_SYNC_MAX_ATTEMPTS=3)
+    lab.start_worker(threads=2)
+    a_dead, a_worn, a_live, a_deferred, a_lost, a_fresh = make_fake_accounts(user, 6, events=1)
+    now = timezone.now()
+    minute_ago = now - dt.timedelta(minutes=1)
+
+    def running(account, *, attempts, lease_expires):
+        run = SyncRun.objects.create(
+            account=account,
+            trigger="api",
+            state="running",
+            attempts=attempts,
+            started_at=minute_ago,
+            requested_at=minute_ago,
+            published_at=minute_ago,
+        )
+        SyncLease.objects.create(
+            account=account, holder=f"{run.pk}:gone@host:x", expires_at=lease_expires
+        )
+        return run
+
+    dead = running(a_dead, attempts=1, lease_expires=now - dt.timedelta(seconds=5))
+    worn = running(a_worn, attempts=3, lease_expires=now - dt.timedelta(seconds=5))
+    live = running(a_live, attempts=1, lease_expires=now + dt.timedelta(minutes=5))
+    deferred = SyncRun.objects.create(
+        account=a_deferred, trigger="api", deferred=True, requested_at=minute_ago, published_at=now
+    )
+    lost = SyncRun.objects.create(account=a_lost, trigger="api", requested_at=minute_ago)
+    fresh = SyncRun.objects.create(account=a_fresh, trigger="api")  # its publish is under way
+
+    summary = sync_runs_reap()
+
+    assert summary["requeued"] == [dead.pk]
+    assert summary["failed"] == [worn.pk]
+    assert sorted(summary["published"]) == sorted([dead.pk, deferred.pk, lost.pk])
+    runs = wait_all_terminal([dead.pk, deferred.pk, lost.pk], timeout=30)
+    assert {r.state for r in runs} == {"succeeded"}
+    assert SyncRun.objects.get(pk=dead.pk).attempts == 2
+    worn.refresh_from_db()
+    assert worn.state == "failed" and "stopped 3 times" in worn.error
+    assert SyncRun.objects.get(pk=live.pk).state == "running"
+    assert SyncRun.objects.get(pk=fresh.pk).state == "queued"
+    assert sync_runs_reap() == {"requeued": [], "failed": [], "published": []}
+
+
+def test_reaper_is_on_beats_schedule(db):
+    from django_celery_beat.models import PeriodicTask
+    from django_celery_beat.schedulers import DatabaseScheduler
+
+    DatabaseScheduler(app=app)  # what `celery beat` does at start: the schedule goes to the DB
+    entry = PeriodicTask.objects.get(name="sync.reap_stale_runs")
+    assert entry.task == "sync.reap_stale_runs" and entry.enabled
+    assert "sync.reap_stale_runs" in app.tasks
