@@ -113,6 +113,13 @@ def test_accounts_and_calendars_show_status_errors_and_counts(admin_client):
     assert re.search(r'class="field-event_count">2<', calendars.text)
 
 
+@pytest.mark.django_db(serialized_rollback=True)
+def test_beat_schedules_are_in_the_admin(admin_client):
+    page = admin_client.get("/admin/django_celery_beat/periodictask/")
+    assert page.status_code == 200
+    assert "Resync stale accounts" in page.text and "celery.backend_cleanup" in page.text
+
+
 @pytest.fixture
 def radicale_account(radicale, transactional_db):
     name = f"admin-{uuid.uuid4().hex[:8]}"
