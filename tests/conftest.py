@@ -8,6 +8,7 @@ from rest_framework.test import APIClient
 
 from tests.factories import make_user
 from tests.support.caldav_servers import start_radicale, start_xandikos
+from tests.support.fake_google import FakeGoogle
 from tests.support.workers import start_worker
 
 
@@ -55,6 +56,14 @@ def xandikos():
     server = start_xandikos()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def google():
+    """A fake Google Calendar API and OAuth server on loopback; each test adds its own users."""
+    fake = FakeGoogle().start()
+    yield fake
+    fake.stop()
 
 
 @pytest.fixture(scope="session")
