@@ -177,6 +177,19 @@ CALY_GOOGLE_API_ENDPOINT = env.str("CALY_GOOGLE_API_ENDPOINT", default="")
 CALY_GOOGLE_TOKEN_URI = env.str(
     "CALY_GOOGLE_TOKEN_URI", default="https://oauth2.googleapis.com/token"
 )
+# The consent page of the OAuth web flow, and where it sends the user back (default: this
+# site's /google/callback/ as the request saw it; set it behind a proxy that rewrites hosts).
+CALY_GOOGLE_AUTH_URI = env.str(
+    "CALY_GOOGLE_AUTH_URI", default="https://accounts.google.com/o/oauth2/v2/auth"
+)
+CALY_GOOGLE_REDIRECT_URI = env.str("CALY_GOOGLE_REDIRECT_URI", default="")
+# Google allows 600 Calendar API requests a minute per user; all workers together stay under
+# this budget, with a margin for the time between granting a request and Google counting it.
+CALY_GOOGLE_USER_REQUESTS = env.int("CALY_GOOGLE_USER_REQUESTS", default=500)
+CALY_GOOGLE_USER_WINDOW_SECONDS = env.float("CALY_GOOGLE_USER_WINDOW_SECONDS", default=60.0)
+# A request waits this long at most for the budget or a throttled retry; beyond that the sync
+# goes back to the queue and retries later.
+CALY_GOOGLE_MAX_WAIT_SECONDS = env.float("CALY_GOOGLE_MAX_WAIT_SECONDS", default=5.0)
 
 # --- Celery ---------------------------------------------------------------------------------
 CALY_QUEUE_PREFIX = env.str("CALY_QUEUE_PREFIX", default="caly")

@@ -83,3 +83,15 @@ class SyncLease(models.Model):
 
     def __str__(self):
         return f"lease on {self.account_id} held by {self.holder or 'nobody'}"
+
+
+class RequestBudget(models.Model):
+    """How far ahead one provider user's request budget is taken (see `sync.budget`)."""
+
+    # e.g. "google:alice@example.com"
+    key = models.CharField(max_length=300, primary_key=True)
+    # Unix time at which the budget is next entirely free; ahead of now while it is in use.
+    next_free_at = models.FloatField(default=0.0)
+
+    def __str__(self):
+        return f"request budget {self.key}"
