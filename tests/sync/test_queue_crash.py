@@ -5,6 +5,7 @@ Every run ends in a terminal state, none is synced twice at the same time, event
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -15,6 +16,8 @@ from calendars.models import Event
 from sync.models import SyncRun
 from sync.services import sync_request_account
 from tests.support.polling import wait_for
+from tests.support.ports import free_port
+from tests.support.post_sync import post_sync_in_process
 from tests.support.queue_lab import (
     broker_connections_of,
     close_broker_connections,
@@ -97,8 +100,6 @@ def test_broker_connections_closed_mid_load(lab, user):
         what="the first runs to finish",
     )
 
-    import os
-
     names = broker_connections_of([w.pid for w in workers] + [os.getpid()])
     assert names, "found none of our broker connections to close"
     close_broker_connections(names)
@@ -145,3 +146,22 @@ def test_sigterm_hands_a_long_sync_back_to_another_worker(lab, user):
     pids = [e["pid"] for e in lab.provider_log() if e["event"] == "start"]
     assert pids == [leaving.pid, staying.pid]
     assert_events_unique_and_complete(account, 24)
+
+
+def test_post_sync_while_the_broker_is_down_is_503_with_nothing_recorded(lab, user):
+    [account] = make_fake_accounts(user, 1, events=1)
+    down = post_sync_in_process(
+        user_id=user.pk,
+        account_id=account.pk,
+        env={**lab.env(), "CELERY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}//"},
+    )
+    assert down["status"] == 503, down
+    assert "RabbitMQ" in down["body"]["detail"]
+    assert down["seconds"] < 15  # a clear answer, not a hanging request
+    assert not SyncRun.objects.exists()
+
+    lab.start_worker(threads=1)
+    up = post_sync_in_process(user_id=user.pk, account_id=account.pk, env=lab.env())
+    assert up["status"] == 202, up
+    [run] = wait_all_terminal([up["body"]["runs"][0]["id"]], timeout=30)
+    assert run.state == "succeeded"
