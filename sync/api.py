@@ -82,8 +82,11 @@ class AccountUpdateSerializer(serializers.Serializer):
     refresh_token = serializers.CharField(max_length=4000, required=False, write_only=True)
 
 
-def _provider_error_to_400(exc: ProviderError) -> ValidationError:
-    field = "password" if isinstance(exc, AuthError) else "url"
+def _provider_error_to_400(exc: ProviderError, provider: str = "") -> ValidationError:
+    if provider == Account.Provider.GOOGLE:
+        field = "refresh_token" if isinstance(exc, AuthError) else "provider"
+    else:
+        field = "password" if isinstance(exc, AuthError) else "url"
     return ValidationError({field: [str(exc)]})
 
 
@@ -121,7 +124,7 @@ class AccountViewSet(
                 credentials=incoming.credentials(),
             )
         except ProviderError as exc:
-            raise _provider_error_to_400(exc) from None
+            raise _provider_error_to_400(exc, data["provider"]) from None
         return Response(AccountSerializer(account).data, status=status.HTTP_201_CREATED)
 
     def partial_update(self, request, *args, **kwargs):

@@ -105,7 +105,8 @@ def account_connect(
             provider=provider,
             name=name,
             url=url,
-            username=username,
+            # Discovery may learn who the account is (Google: the address of its calendars).
+            username=client.username or username,
             credentials=credentials,
             home_url=client.home_url,
         )

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 # another vendor's syncs.
 REGISTRY: dict[str, str] = {
     "caldav": "sync.providers.caldav:CalDAVProvider",
+    "google": "sync.providers.google:GoogleProvider",
 }
 
 

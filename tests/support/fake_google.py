@@ -240,6 +240,7 @@ class Fault:
     method: str | None = None  # discovery method id, "token", or None for any API method
     where: Callable[[dict], bool] | None = None
     times: int = 1
+    empty: bool = False  # answer a listing as if the calendar held nothing
 
 
 @dataclass
@@ -631,6 +632,7 @@ class FakeGoogle:
         method: str | None = "calendar.events.list",
         where: Callable[[dict], bool] | None = None,
         times: int = 1,
+        empty: bool = False,
     ) -> None:
         """The next `times` matching requests of `user` fail with `status` (or only answer late).
 
@@ -645,6 +647,7 @@ class FakeGoogle:
             method=method,
             where=where,
             times=times,
+            empty=empty,
         )
         with self._lock:
             self._faults[user.email if user else None].append(fault)
@@ -775,6 +778,12 @@ class FakeGoogle:
                 "calendar.events.get": self._events_get,
             }[route.method_id]
             body = handler(user, path_params, {k: v[-1] for k, v in query.items()})
+            if fault is not None and fault.empty and route.method_id == "calendar.events.list":
+                # A wrong but well-formed answer: nothing in the calendar, and a sync token.
+                head = json.loads(body[: body.index(b',"items":[')] + b"}")
+                head.pop("nextPageToken", None)
+                head.setdefault("nextSyncToken", "fake-sync-" + _b64({"c": "", "s": 0, "e": 0}))
+                body = json.dumps({**head, "items": []}).encode()
         except ApiError as exc:
             record.status = exc.status
             request.reply(exc.status, exc.body(), exc.headers)
