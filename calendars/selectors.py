@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import warnings
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import icalendar
+import recurring_ical_events
 from django.db.models import Q, QuerySet
 
 from calendars.models import Account, Calendar, Event
+
+logger = logging.getLogger(__name__)
 
 
 def accounts_for_user(*, user) -> QuerySet[Account]:
@@ -35,4 +42,165 @@ def events_for_user(
         qs = qs.filter(Q(end__gt=start) | Q(end__isnull=True) | ~Q(rrule="") | ~Q(rdate=[]))
     if end is not None:
         qs = qs.filter(Q(start__lt=end) | Q(start__isnull=True))
-    return qs.order_by("start", "id")
+    return qs.defer("raw").order_by("start", "id")
+
+
+# --- occurrences in a time window ---------------------------------------------------------
+# A series yields at most this many occurrences per window (FREQ=MINUTELY for a year would
+# otherwise be half a million).
+MAX_OCCURRENCES_PER_SERIES = 5000
+MAX_WINDOW = dt.timedelta(days=366 * 2)
+# Floating and all-day times are compared after conversion; look this much wider first.
+_MARGIN = dt.timedelta(days=2)
+
+
+def events_in_window(
+    *, user, start: dt.datetime, end: dt.datetime, calendar_id: int | None = None
+) -> list[Event]:
+    """Every occurrence overlapping [start, end), recurring series expanded, soonest first.
+
+    Series are expanded from their stored source with recurring-ical-events, so RRULE, RDATE,
+    EXDATE and overridden instances (RECURRENCE-ID) count as the server wrote them. Cancelled
+    occurrences (STATUS:CANCELLED) are left out. Each item is an unsaved `Event` carrying the
+    occurrence's own start/end and texts, and the id of the row it comes from.
+    """
+    calendars = Calendar.objects.filter(account__owner=user)
+    if calendar_id is not None:
+        calendars = calendars.filter(pk=calendar_id)
+    zones = dict(calendars.values_list("id", "timezone"))
+    in_scope = Event.objects.filter(calendar_id__in=list(zones))
+    recurring = ~Q(rrule="") | ~Q(rdate=[])
+    masters = list(
+        in_scope.filter(recurring, recurrence_id="")
+        .filter(Q(start__lt=end) | Q(start__isnull=True))
+        .only("id", "calendar_id", "uid", "href", "raw", "timezone", "rrule")
+    )
+    series_keys = {(m.calendar_id, m.uid) for m in masters}
+
+    occurrences: list[Event] = []
+    singles = (
+        in_scope.exclude(recurring)
+        .filter(start__lt=end)
+        .filter(Q(end__gt=start) | Q(start__gte=start))
+        .exclude(status="CANCELLED")
+        .defer("raw")
+    )
+    for event in singles:
+        if event.recurrence_id and (event.calendar_id, event.uid) in series_keys:
+            continue  # an overridden instance: its series below yields it
+        occurrences.append(event)
+
+    overrides: dict[tuple[int, str], list[Event]] = {}
+    if masters:
+        for row in in_scope.filter(uid__in={m.uid for m in masters}).exclude(recurrence_id=""):
+            overrides.setdefault((row.calendar_id, row.uid), []).append(row)
+    for master in masters:
+        rows = overrides.get((master.calendar_id, master.uid), [])
+        occurrences.extend(
+            _expand(master, rows, start=start, end=end, zone=_zone(zones[master.calendar_id]))
+        )
+    occurrences.sort(key=lambda e: (e.start, e.uid, e.recurrence_id, e.pk))
+    return occurrences
+
+
+def _overlaps(begins: dt.datetime, ends: dt.datetime, start: dt.datetime, end: dt.datetime) -> bool:
+    """Does [begins, ends) meet [start, end)? An instant (begins == ends) counts where it is."""
+    return begins < end and (ends > start or begins >= start)
+
+
+def _zone(name: str) -> dt.tzinfo:
+    try:
+        return ZoneInfo(name) if name else dt.UTC
+    except (ZoneInfoNotFoundError, ValueError):
+        return dt.UTC
+
+
+def _instant(value, zone: dt.tzinfo) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=zone)).astimezone(dt.UTC)
+    return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+
+
+def _key(value, zone: dt.tzinfo) -> str:
+    if isinstance(value, dt.datetime):
+        return _instant(value, zone).strftime("%Y%m%dT%H%M%SZ")
+    return value.strftime("%Y%m%d")
+
+
+def _series_calendar(master: Event, overrides: list[Event]) -> icalendar.Calendar:
+    """The master and its overrides as one calendar, whichever objects they were stored in."""
+    combined = icalendar.Calendar()
+    seen_hrefs: set[str] = set()
+    seen_zones: set[str] = set()
+    for row in [master, *overrides]:
+        if row.href in seen_hrefs:
+            continue
+        seen_hrefs.add(row.href)
+        source = icalendar.Calendar.from_ical(row.raw)
+        for zone in source.walk("VTIMEZONE"):
+            if str(zone.get("TZID")) not in seen_zones:
+                seen_zones.add(str(zone.get("TZID")))
+                combined.add_component(zone)
+        for component in source.walk("VEVENT"):
+            if str(component.get("UID", "")).strip() == master.uid:
+                combined.add_component(component)
+    return combined
+
+
+def _expand(
+    master: Event, overrides: list[Event], *, start: dt.datetime, end: dt.datetime, zone
+) -> list[Event]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            query = recurring_ical_events.of(_series_calendar(master, overrides))
+            found = []
+            for component in query.after(start - _MARGIN):
+                begins = component.get("DTSTART").dt
+                if _instant(begins, zone) >= end + _MARGIN:
+                    break
+                found.append(component)
+                if len(found) >= MAX_OCCURRENCES_PER_SERIES:
+                    break
+    except Exception:  # a source recurring-ical-events cannot expand: show the stored row
+        logger.warning("cannot expand series %s of calendar %s", master.pk, master.calendar_id)
+        return [master] if master.start and master.start < end else []
+    by_key = {o.recurrence_id: o for o in overrides}
+    result = []
+    for component in found:
+        if str(component.get("STATUS", "")).upper() == "CANCELLED":
+            continue
+        begins = component.get("DTSTART").dt
+        all_day = not isinstance(begins, dt.datetime)
+        occurrence_start = _instant(begins, zone)
+        if component.get("DTEND") is not None:
+            occurrence_end = _instant(component["DTEND"].dt, zone)
+        elif component.get("DURATION") is not None:
+            occurrence_end = occurrence_start + component["DURATION"].dt
+        else:
+            occurrence_end = occurrence_start + (
+                dt.timedelta(days=1) if all_day else dt.timedelta()
+            )
+        if not _overlaps(occurrence_start, occurrence_end, start, end):
+            continue
+        rid = component.get("RECURRENCE-ID")
+        key = _key(rid.dt if rid is not None else begins, zone)
+        source = by_key.get(key, master)
+        result.append(
+            Event(
+                id=source.pk,
+                calendar_id=master.calendar_id,
+                uid=master.uid,
+                recurrence_id=key,
+                summary=str(component.get("SUMMARY", "")),
+                description=str(component.get("DESCRIPTION", "")),
+                location=str(component.get("LOCATION", "")),
+                start=occurrence_start,
+                end=occurrence_end,
+                all_day=all_day,
+                timezone=master.timezone,
+                status=str(component.get("STATUS", "")).upper(),
+                rrule=master.rrule,
+            )
+        )
+    return result

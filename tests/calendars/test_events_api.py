@@ -1,0 +1,204 @@
+"""GET /api/events/ with start/end: occurrences in the window, recurring events expanded."""
+
+from __future__ import annotations
+
+import pytest
+
+from sync.ical import parse_object
+from sync.providers.base import ChangeBatch, RemoteObject
+from sync.services import events_apply
+from tests.factories import make_account, make_calendar, make_user
+
+pytestmark = pytest.mark.django_db
+
+
+def ics(*events: str, zones: str = "") -> str:
+    body = "".join(events)
+    return f"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Caly tests//EN\r\n{zones}{body}END:VCALENDAR\r\n"
+
+
+def vevent(uid: str, *lines: str) -> str:
+    props = "".join(f"{line}\r\n" for line in lines)
+    return f"BEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20260101T000000Z\r\n{props}END:VEVENT\r\n"
+
+
+def store(calendar, href: str, raw: str) -> None:
+    """Store an object the way a sync does."""
+    obj = RemoteObject(href=href, etag='"1"', events=parse_object(raw), raw=raw)
+    events_apply(calendar=calendar, batch=ChangeBatch(objects=[obj]))
+
+
+@pytest.fixture
+def calendar(user):
+    return make_calendar(make_account(user), timezone="Europe/Berlin")
+
+
+def window(api, start: str, end: str, **extra) -> list[dict]:
+    params = "&".join(f"{k}={v}" for k, v in {"start": start, "end": end, **extra}.items())
+    response = api.get(f"/api/events/?{params}")
+    assert response.status_code == 200, response.json()
+    return response.json()["results"]
+
+
+SERIES = ics(
+    vevent(
+        "series@example.com",
+        "DTSTART;TZID=Europe/Berlin:20260105T090000",
+        "DTEND;TZID=Europe/Berlin:20260105T100000",
+        "RRULE:FREQ=WEEKLY;UNTIL=20260301T000000Z",
+        "EXDATE;TZID=Europe/Berlin:20260112T090000",
+        "RDATE;TZID=Europe/Berlin:20260108T090000",
+        "SUMMARY:Weekly",
+    ),
+    vevent(
+        "series@example.com",
+        "RECURRENCE-ID;TZID=Europe/Berlin:20260119T090000",
+        "DTSTART;TZID=Europe/Berlin:20260203T120000",
+        "DTEND;TZID=Europe/Berlin:20260203T130000",
+        "SUMMARY:Moved into February",
+    ),
+    vevent(
+        "series@example.com",
+        "RECURRENCE-ID;TZID=Europe/Berlin:20260126T090000",
+        "DTSTART;TZID=Europe/Berlin:20260126T090000",
+        "DTEND;TZID=Europe/Berlin:20260126T100000",
+        "STATUS:CANCELLED",
+        "SUMMARY:Weekly",
+    ),
+)
+
+
+def test_series_expanded_with_exdate_rdate_moved_and_cancelled_instances(api, calendar):
+    store(calendar, "/cal/series.ics", SERIES)
+    january = window(api, "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z")
+    assert [(e["start"], e["summary"], e["recurrence_id"]) for e in january] == [
+        ("2026-01-05T08:00:00Z", "Weekly", "20260105T080000Z"),
+        ("2026-01-08T08:00:00Z", "Weekly", "20260108T080000Z"),
+        # Jan 12: EXDATE; Jan 19: moved to February; Jan 26: cancelled.
+    ]
+    assert {e["uid"] for e in january} == {"series@example.com"}
+    assert all(e["end"] > e["start"] and e["rrule"] for e in january)
+
+    february = window(api, "2026-02-01T00:00:00Z", "2026-03-01T00:00:00Z")
+    assert [(e["start"], e["summary"]) for e in february] == [
+        ("2026-02-02T08:00:00Z", "Weekly"),
+        ("2026-02-03T11:00:00Z", "Moved into February"),
+        ("2026-02-09T08:00:00Z", "Weekly"),
+        ("2026-02-16T08:00:00Z", "Weekly"),
+        ("2026-02-23T08:00:00Z", "Weekly"),
+    ]
+    moved = february[1]
+    assert moved["recurrence_id"] == "20260119T080000Z"
+
+
+def test_single_events_overlapping_the_window_and_all_day_events(api, calendar):
+    store(
+        calendar,
+        "/cal/early.ics",
+        ics(vevent("early", "DTSTART:20260131T230000Z", "DTEND:20260201T010000Z")),
+    )
+    store(
+        calendar,
+        "/cal/late.ics",
+        ics(vevent("late", "DTSTART:20260201T010000Z", "DTEND:20260201T020000Z")),
+    )
+    store(
+        calendar,
+        "/cal/before.ics",
+        ics(vevent("before", "DTSTART:20260131T220000Z", "DTEND:20260131T230000Z")),
+    )
+    store(
+        calendar,
+        "/cal/day.ics",
+        ics(vevent("day", "DTSTART;VALUE=DATE:20260201", "DTEND;VALUE=DATE:20260202")),
+    )
+    store(
+        calendar,
+        "/cal/gone.ics",
+        ics(
+            vevent("gone", "DTSTART:20260201T030000Z", "DTEND:20260201T040000Z", "STATUS:CANCELLED")
+        ),
+    )
+    found = window(api, "2026-02-01T00:00:00Z", "2026-02-02T00:00:00Z")
+    assert [e["uid"] for e in found] == ["early", "day", "late"]
+    assert next(e for e in found if e["uid"] == "day")["all_day"] is True
+
+
+def test_window_of_an_endless_daily_series_is_paginated(api, calendar):
+    store(
+        calendar,
+        "/cal/daily.ics",
+        ics(
+            vevent(
+                "daily", "DTSTART:20200101T070000Z", "DTEND:20200101T073000Z", "RRULE:FREQ=DAILY"
+            )
+        ),
+    )
+    response = api.get("/api/events/?start=2026-01-01T00:00:00Z&end=2026-06-30T00:00:00Z")
+    body = response.json()
+    assert response.status_code == 200
+    assert body["count"] == 180 and len(body["results"]) == 100 and body["next"]
+    rest = api.get(body["next"]).json()
+    starts = [e["start"] for e in body["results"] + rest["results"]]
+    assert len(starts) == 180 and starts == sorted(starts)
+    assert starts[0] == "2026-01-01T07:00:00Z" and starts[-1] == "2026-06-29T07:00:00Z"
+
+
+def test_override_stored_in_its_own_object_still_replaces_its_instance(api, calendar):
+    store(
+        calendar,
+        "/cal/master.ics",
+        ics(
+            vevent(
+                "split",
+                "DTSTART:20260105T090000Z",
+                "DTEND:20260105T100000Z",
+                "RRULE:FREQ=DAILY;COUNT=3",
+            )
+        ),
+    )
+    store(
+        calendar,
+        "/cal/override.ics",
+        ics(
+            vevent(
+                "split",
+                "RECURRENCE-ID:20260106T090000Z",
+                "DTSTART:20260106T150000Z",
+                "DTEND:20260106T160000Z",
+                "SUMMARY:Later that day",
+            )
+        ),
+    )
+    found = window(api, "2026-01-05T00:00:00Z", "2026-01-08T00:00:00Z")
+    assert [(e["start"], e["summary"]) for e in found] == [
+        ("2026-01-05T09:00:00Z", ""),
+        ("2026-01-06T15:00:00Z", "Later that day"),
+        ("2026-01-07T09:00:00Z", ""),
+    ]
+
+
+def test_only_the_users_own_calendars(api, calendar):
+    other = make_calendar(make_account(make_user("mallory")))
+    store(other, "/other/x.ics", ics(vevent("theirs", "DTSTART:20260105T090000Z")))
+    store(calendar, "/cal/x.ics", ics(vevent("mine", "DTSTART:20260105T090000Z")))
+    assert [e["uid"] for e in window(api, "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z")] == [
+        "mine"
+    ]
+    assert window(api, "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z", calendar=other.pk) == []
+
+
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ("start=2026-01-01T00:00:00Z", "end"),
+        ("end=2026-01-01T00:00:00Z", "start"),
+        ("start=2026-02-01T00:00:00Z&end=2026-01-01T00:00:00Z", "end"),
+        ("start=2020-01-01T00:00:00Z&end=2026-01-01T00:00:00Z", "end"),
+        ("start=yesterday&end=2026-01-01T00:00:00Z", "start"),
+    ],
+)
+def test_bad_windows_are_400_naming_the_field(api, query, field):
+    response = api.get(f"/api/events/?{query}")
+    assert response.status_code == 400
+    assert field in response.json()
