@@ -147,6 +147,17 @@ class SyncRunSerializer(serializers.ModelSerializer):
         },
         read_only=True,
     )
+    # Objects the server sent that could not be read; the rest of the calendar still synced.
+    skipped = inline_serializer(
+        "SkippedObject",
+        fields={
+            "calendar": serializers.CharField(),
+            "href": serializers.CharField(),
+            "reason": serializers.CharField(),
+        },
+        many=True,
+        read_only=True,
+    )
 
     class Meta:
         model = SyncRun
@@ -164,6 +175,7 @@ class SyncRunSerializer(serializers.ModelSerializer):
             "deleted",
             "progress",
             "error",
+            "skipped",
         ]
         read_only_fields = fields
 

@@ -1,15 +1,24 @@
-"""CalDAV provider (RFC 4791 / 6578 / 6764) on python-caldav, sending through Caly's HTTP session.
+"""CalDAV provider (RFC 4791 / 6578 / 6764): discovery on python-caldav, syncing on Caly's own XML.
 
-Per sync of an unchanged account it costs one PROPFIND (calendar list with ctags and sync
-tokens) and one sync-collection REPORT per calendar; changed objects come in calendar-multiget
-batches, never one GET each.
+What a sync costs: one PROPFIND for the calendar list, then per calendar
+- with sync-collection (RFC 6578): one REPORT with the stored token, plus calendar-multiget
+  batches for what changed; the first sync asks for the data in the same REPORT;
+- without it: one PROPFIND for the ctag; only if it moved, a PROPFIND of every etag and
+  calendar-multiget batches for the objects whose etag changed.
+An invalid or expired token, or any failing REPORT, turns into a full listing compared with the
+stored etags, so row ids stay and only real differences are written. A result the server
+truncated (507 inside the multistatus) is continued with the token it returned.
+
+Answers are parsed as they stream in and handed over in batches, so a calendar of any size is
+never held in memory at once; the server's calendar-data text is kept as the raw source.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from urllib.parse import urljoin, urlsplit
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urljoin, urlsplit
 
 import caldav
 import niquests
@@ -19,7 +28,7 @@ from django.conf import settings
 from lxml import etree
 
 from sync import http
-from sync.engine import listing_diff, normalize_href
+from sync.engine import empty_listing_confirmed, listing_diff, normalize_href
 from sync.ical import MalformedObject, parse_object
 from sync.providers.base import (
     AuthError,
@@ -41,37 +50,199 @@ CALDAV = "urn:ietf:params:xml:ns:caldav"
 CS = "http://calendarserver.org/ns/"
 ICAL = "http://apple.com/ns/ical/"
 NS = {"d": DAV, "c": CALDAV, "cs": CS, "ic": ICAL}
+RESPONSE = f"{{{DAV}}}response"
+MULTISTATUS = f"{{{DAV}}}multistatus"
+SYNC_TOKEN = f"{{{DAV}}}sync-token"
 
+# No getctag or sync-token here: servers such as Radicale hash every object to compute them,
+# which would cost each sync of each calendar that much again before it even starts.
 CALENDAR_LIST_BODY = """<?xml version="1.0" encoding="utf-8"?>
 <d:propfind xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav"
-            xmlns:cs="http://calendarserver.org/ns/" xmlns:ic="http://apple.com/ns/ical/">
-  <d:prop><d:resourcetype/><d:displayname/><cs:getctag/><d:sync-token/>
-    <ic:calendar-color/><c:calendar-timezone/><c:supported-calendar-component-set/>
-    <d:supported-report-set/></d:prop>
+            xmlns:ic="http://apple.com/ns/ical/">
+  <d:prop><d:resourcetype/><d:displayname/><ic:calendar-color/><c:calendar-timezone/>
+    <c:supported-calendar-component-set/><d:supported-report-set/></d:prop>
 </d:propfind>"""
+
+CTAG_BODY = """<?xml version="1.0" encoding="utf-8"?>
+<d:propfind xmlns:d="DAV:" xmlns:cs="http://calendarserver.org/ns/">
+  <d:prop><cs:getctag/><d:getetag/></d:prop></d:propfind>"""
 
 ETAG_LIST_BODY = """<?xml version="1.0" encoding="utf-8"?>
 <d:propfind xmlns:d="DAV:"><d:prop><d:getetag/><d:resourcetype/></d:prop></d:propfind>"""
+
+# No DAV:limit: Xandikos truncates to it without the 507 that would tell us to continue.
+SYNC_BODY = """<?xml version="1.0" encoding="utf-8"?>
+<d:sync-collection xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav">
+  <d:sync-token>{token}</d:sync-token><d:sync-level>1</d:sync-level>
+  <d:prop><d:getetag/>{data}</d:prop>
+</d:sync-collection>"""
+
+QUERY_BODY = """<?xml version="1.0" encoding="utf-8"?>
+<c:calendar-query xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav">
+  <d:prop><d:getetag/><c:calendar-data/></d:prop>
+  <c:filter><c:comp-filter name="VCALENDAR"><c:comp-filter name="VEVENT"/></c:comp-filter>
+  </c:filter>
+</c:calendar-query>"""
 
 MULTIGET_HEAD = """<?xml version="1.0" encoding="utf-8"?>
 <c:calendar-multiget xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav">
   <d:prop><d:getetag/><c:calendar-data/></d:prop>"""
 
-SYNC_TOKEN_INVALID = "{DAV:}valid-sync-token"
+# A server answering 507 forever with the same token would otherwise keep us here.
+MAX_CONTINUATIONS = 10_000
+AUTH_REFUSED = "The CalDAV server refused the username or password."
 
 
-def _scrub(text: str, secret: str) -> str:
-    return text.replace(secret, "***") if secret else text
+class SyncReportFailed(ProviderError):
+    """sync-collection did not work with this token (or at all): list everything instead."""
+
+
+class EmptyListingRefused(ProviderError):
+    """A calendar that holds events listed as empty without the server confirming it."""
+
+
+@dataclass
+class Item:
+    """One `DAV:response` of a multistatus, reduced to what syncing needs."""
+
+    href: str
+    status: int  # the response-level status; 200 when the response carries propstats
+    etag: str = ""
+    data: str | None = None  # calendar-data, if asked for and sent
+    is_collection: bool = False
+    props: etree._Element | None = None
+    is_self: bool = False  # the response is about the requested collection itself
+
+
+@dataclass
+class Listing:
+    """hrefs → etags from a sync-collection or PROPFIND, and what the server said is gone."""
+
+    changed: dict[str, str] = field(default_factory=dict)
+    deleted: list[str] = field(default_factory=list)
+    token: str = ""
+
+
+@dataclass
+class CalendarInfo:
+    # True/False from supported-report-set; None when the server did not say (we try it).
+    supports_sync: bool | None
+
+
+def _status_code(text: str | None) -> int:
+    parts = (text or "").split()
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+def _ok_prop(response) -> etree._Element | None:
+    for propstat in response.findall("d:propstat", NS):
+        if _status_code(propstat.findtext("d:status", namespaces=NS)) == 200:
+            return propstat.find("d:prop", NS)
+    return None
+
+
+def _item(element) -> Item | None:
+    href = element.findtext("d:href", namespaces=NS)
+    if href is None:
+        return None
+    href = href.strip()
+    status_text = element.findtext("d:status", namespaces=NS)
+    if status_text is not None:
+        return Item(href=href, status=_status_code(status_text))
+    prop = _ok_prop(element)
+    if prop is None:
+        return Item(href=href, status=404)
+    data = prop.find("c:calendar-data", NS)
+    return Item(
+        href=href,
+        status=200,
+        etag=(prop.findtext("d:getetag", namespaces=NS) or "").strip(),
+        data=data.text or "" if data is not None else None,
+        is_collection=prop.find("d:resourcetype/d:collection", NS) is not None,
+        props=prop,
+    )
+
+
+def _xml_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _vtimezone_id(text: str) -> str:
+    for line in text.splitlines():
+        if line.startswith("TZID:"):
+            return line[5:].strip()
+    return ""
+
+
+class Multistatus:
+    """A 207 answer parsed while it streams: iterate its responses, then read its sync token.
+
+    Each response element is dropped once read, so memory stays at one response however many
+    the server sends.
+    """
+
+    def __init__(self, response, url: str):
+        self._response = response
+        self.url = url
+        self._path = unquote(urlsplit(url).path).rstrip("/")
+        self.token = ""
+        self.truncated = False
+
+    def __iter__(self) -> Iterator[Item]:
+        parser = etree.XMLPullParser(
+            events=("end",), resolve_entities=False, no_network=True, huge_tree=True
+        )
+        try:
+            for chunk in self._response.iter_content(chunk_size=256 * 1024):
+                if chunk:
+                    parser.feed(chunk)
+                    yield from self._drain(parser)
+            parser.close()
+            yield from self._drain(parser)
+        except etree.XMLSyntaxError as exc:
+            raise ProviderError(
+                f"The CalDAV server sent invalid XML for {urlsplit(self.url).path}."
+            ) from exc
+        except (niquests.exceptions.Timeout, niquests.exceptions.ConnectionError) as exc:
+            raise TransientError(
+                f"The CalDAV server stopped answering while sending {urlsplit(self.url).path}."
+            ) from exc
+        finally:
+            self._response.close()
+
+    def _drain(self, parser) -> Iterator[Item]:
+        for _, element in parser.read_events():
+            parent = element.getparent()
+            if element.tag == SYNC_TOKEN and parent is not None and parent.tag == MULTISTATUS:
+                self.token = (element.text or "").strip()
+            elif element.tag == RESPONSE:
+                item = _item(element)
+                element.clear()
+                if parent is not None:
+                    parent.remove(element)
+                if item is None:
+                    continue
+                # Servers send absolute URLs or paths, `%40` or `@`: keep the path as spelled.
+                item.href = urlsplit(urljoin(self.url, item.href)).path
+                item.is_self = unquote(item.href).rstrip("/") == self._path
+                # RFC 6578 §3.6: a 507 on the collection itself means "more to come".
+                if item.status == 507 and item.is_self:
+                    self.truncated = True
+                    continue
+                yield item
 
 
 class CalDAVProvider(Provider):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._client: caldav.DAVClient | None = None
+        self._auth = self._initial_auth()
+        self._calendars: dict[str, CalendarInfo] | None = None
 
     # --- plumbing ------------------------------------------------------------------------
     @property
     def client(self) -> caldav.DAVClient:
+        """python-caldav, for discovery only (RFC 6764 and principal lookups)."""
         if self._client is None:
             self._client = caldav.DAVClient(
                 url=self.url,
@@ -89,47 +260,78 @@ class CalDAVProvider(Provider):
         # The session is shared; only forget the client.
         self._client = None
 
-    def _request(self, url: str, method: str, body: str = "", headers=None):
-        """One HTTP call, with library and transport errors mapped to Caly's error kinds."""
-        try:
-            response = self.client.request(url, method, body, headers or {})
-        except caldav_error.AuthorizationError as exc:
-            if SYNC_TOKEN_INVALID in getattr(exc, "preconditions", []):
-                raise
-            raise AuthError("The CalDAV server refused the username or password.") from exc
-        except caldav_error.RateLimitError as exc:
-            raise TransientError(
-                "The CalDAV server asked us to slow down (HTTP 429/503).",
-                retry_after=getattr(exc, "retry_after_seconds", None),
-            ) from exc
-        except etree.XMLSyntaxError as exc:
-            raise ProviderError(f"The CalDAV server at {self._host()} sent invalid XML.") from exc
-        except niquests.exceptions.Timeout as exc:
-            raise TransientError(
-                f"The CalDAV server at {self._host()} did not answer in time."
-            ) from exc
-        except niquests.exceptions.ConnectionError as exc:
-            raise TransientError(f"Cannot connect to the CalDAV server at {self._host()}.") from exc
-        status = response.status
-        if status in (401, 403) and method != "REPORT":
-            raise AuthError("The CalDAV server refused the username or password.")
-        if status == 429 or status >= 500:
-            raise TransientError(f"The CalDAV server at {self._host()} answered HTTP {status}.")
-        return response
+    def _initial_auth(self):
+        password = self.credentials.get("password") or ""
+        if not (self.username or password):
+            return None
+        # Sent up front: asking anonymously first costs a round trip per sync, and Radicale
+        # answers anonymous requests only after a deliberate delay.
+        return niquests.auth.HTTPBasicAuth(self.username, password)
 
     def _host(self) -> str:
         return urlsplit(self.url).netloc.rpartition("@")[2] or self.url
 
-    def _multistatus(self, url: str, method: str, body: str, depth: str | None) -> etree._Element:
+    def _send(self, method: str, url: str, body: str, *, depth: str | None):
+        """One request through the shared session, streamed; errors mapped to Caly's kinds."""
         headers = {"Content-Type": "application/xml; charset=utf-8"}
         if depth is not None:
             headers["Depth"] = depth
-        response = self._request(url, method, body, headers)
-        if response.status != 207 or response.tree is None:
-            raise ProviderError(
-                f"{method} {urlsplit(url).path} answered HTTP {response.status}, expected 207."
+        for _attempt in range(2):
+            try:
+                response = http.session().request(
+                    method,
+                    url,
+                    data=body.encode(),
+                    headers=headers,
+                    auth=self._auth,
+                    timeout=settings.CALY_HTTP_TIMEOUT,
+                    stream=True,
+                    allow_redirects=False,
+                )
+            except niquests.exceptions.Timeout as exc:
+                raise TransientError(
+                    f"The CalDAV server at {self._host()} did not answer in time."
+                ) from exc
+            except niquests.exceptions.ConnectionError as exc:
+                raise TransientError(
+                    f"Cannot connect to the CalDAV server at {self._host()}."
+                ) from exc
+            challenge = response.headers.get("WWW-Authenticate", "").lower()
+            if (
+                response.status_code == 401
+                and "digest" in challenge
+                and "basic" not in challenge
+                and not isinstance(self._auth, niquests.auth.HTTPDigestAuth)
+                and self._auth is not None
+            ):
+                response.close()
+                self._auth = niquests.auth.HTTPDigestAuth(
+                    self.username, self.credentials.get("password") or ""
+                )
+                continue
+            break
+        status = response.status_code
+        if status == 401 or (status == 403 and method != "REPORT"):
+            response.close()
+            raise AuthError(AUTH_REFUSED)
+        if status in (429, 503) or (status >= 500 and status != 507):
+            retry_after = response.headers.get("Retry-After", "")
+            response.close()
+            raise TransientError(
+                f"The CalDAV server at {self._host()} answered HTTP {status}.",
+                retry_after=float(retry_after) if retry_after.isdigit() else None,
             )
-        return response.tree
+        return response
+
+    def _multistatus(self, method: str, url: str, body: str, *, depth: str | None) -> Multistatus:
+        response = self._send(method, url, body, depth=depth)
+        if response.status_code != 207:
+            status = response.status_code
+            response.close()
+            raise ProviderError(
+                f"{method} {urlsplit(url).path} answered HTTP {status}, expected 207."
+            )
+        return Multistatus(response, url)
 
     # --- discovery -----------------------------------------------------------------------
     def _find_home(self) -> str:
@@ -140,12 +342,10 @@ class CalDAVProvider(Provider):
                 self.client.url = URL.objectify(candidate)
                 principal = self.client.principal()
                 return str(principal.calendar_home_set.url)
-            except AuthError:
-                raise
             except caldav_error.AuthorizationError as exc:
-                raise AuthError("The CalDAV server refused the username or password.") from exc
-            except TransientError:
-                raise
+                raise AuthError(AUTH_REFUSED) from exc
+            except caldav_error.RateLimitError as exc:
+                raise TransientError("The CalDAV server asked us to slow down.") from exc
             except (niquests.exceptions.Timeout, niquests.exceptions.ConnectionError) as exc:
                 raise ConnectError(
                     f"Cannot connect to {self._host()}: is the address right?"
@@ -174,36 +374,32 @@ class CalDAVProvider(Provider):
         return calendars
 
     def _list_calendars(self, home: str) -> list[RemoteCalendar]:
-        tree = self._multistatus(home, "PROPFIND", CALENDAR_LIST_BODY, "1")
-        self._supports_sync = {}
-        self._ctags = {}
+        self._calendars = {}
         calendars = []
-        for resp in tree.findall("d:response", NS):
-            href = resp.findtext("d:href", namespaces=NS)
-            prop = _ok_prop(resp)
-            if href is None or prop is None or prop.find("d:resourcetype/c:calendar", NS) is None:
+        for item in self._multistatus("PROPFIND", home, CALENDAR_LIST_BODY, depth="1"):
+            prop = item.props
+            if prop is None or prop.find("d:resourcetype/c:calendar", NS) is None:
                 continue
             components = [
                 c.get("name") for c in prop.findall("c:supported-calendar-component-set/c:comp", NS)
             ]
             if components and "VEVENT" not in components:
                 continue
-            url = urljoin(home, href)
-            reports = {
-                etree.QName(r).localname
-                for r in prop.iterfind(".//d:supported-report/d:report/*", NS)
-            }
-            self._supports_sync[normalize_href(url)] = "sync-collection" in reports or bool(
-                prop.findtext("d:sync-token", namespaces=NS)
-            )
-            self._ctags[normalize_href(url)] = (
-                prop.findtext("cs:getctag", namespaces=NS) or ""
-            ).strip()
+            url = urljoin(home, item.href)
+            report_set = prop.find("d:supported-report-set", NS)
+            if report_set is None:
+                supports_sync = None
+            else:
+                supports_sync = any(
+                    etree.QName(r).localname == "sync-collection"
+                    for r in report_set.iterfind(".//d:supported-report/d:report/*", NS)
+                )
+            self._calendars[normalize_href(urlsplit(url).path)] = CalendarInfo(supports_sync)
             calendars.append(
                 RemoteCalendar(
                     remote_id=url,
                     name=(prop.findtext("d:displayname", namespaces=NS) or "").strip()
-                    or urlsplit(url).path.rstrip("/").rpartition("/")[2],
+                    or unquote(urlsplit(url).path.rstrip("/").rpartition("/")[2]),
                     color=(prop.findtext("ic:calendar-color", namespaces=NS) or "").strip()[:32],
                     timezone=_vtimezone_id(
                         prop.findtext("c:calendar-timezone", namespaces=NS) or ""
@@ -216,82 +412,214 @@ class CalDAVProvider(Provider):
     def changes(
         self, calendar: RemoteCalendar, *, cursor: Cursor, known: Mapping[str, str]
     ) -> Iterator[ChangeBatch]:
-        key = normalize_href(calendar.remote_id)
-        if not hasattr(self, "_supports_sync"):
+        if self._calendars is None:
             self._list_calendars(self.home_url or self._find_home())
-        ctag = self._ctags.get(key, "")
-        if self._supports_sync.get(key, False):
-            yield from self._changes_by_sync_token(calendar, cursor=cursor, known=known, ctag=ctag)
-        else:
-            yield from self._changes_by_listing(calendar, cursor=cursor, known=known, ctag=ctag)
+        info = self._calendars.get(normalize_href(urlsplit(calendar.remote_id).path))
+        supports_sync = info.supports_sync if info is not None else None
+        if supports_sync is not False:
+            try:
+                yield from self._changes_by_sync_token(calendar, cursor=cursor, known=known)
+                return
+            except SyncReportFailed as exc:
+                logger.info(
+                    "sync-collection unusable on %s (%s); comparing etags instead",
+                    urlsplit(calendar.remote_id).path,
+                    exc,
+                )
+        yield from self._changes_by_ctag(calendar, cursor=cursor, known=known)
 
-    def _changes_by_sync_token(self, calendar, *, cursor, known, ctag) -> Iterator[ChangeBatch]:
-        collection = caldav.Calendar(client=self.client, url=calendar.remote_id)
-        try:
-            result = self._sync_collection(collection, cursor.sync_token)
-            full = not cursor.sync_token
-        except caldav_error.DAVError as exc:
-            if not cursor.sync_token:
-                raise ProviderError(
-                    f"sync-collection failed on {urlsplit(calendar.remote_id).path}: {exc}"
-                ) from exc
-            logger.info(
-                "sync token of %s no longer valid; resyncing fully",
-                urlsplit(calendar.remote_id).path,
-            )
-            result = self._sync_collection(collection, "")
-            full = True
-        listed = {_path(o.url): (o.props or {}).get("{DAV:}getetag", "") for o in result.objects}
-        if full:
-            to_fetch, deleted = listing_diff(known, listed)
-        else:
-            deleted = [_path(u) for u in result.deleted_urls]
-            known_n = {normalize_href(h): e for h, e in known.items()}
-            to_fetch = [
-                h for h, e in listed.items() if not e or known_n.get(normalize_href(h)) != e
-            ]
-        yield from self._fetch(
-            calendar, to_fetch, deleted, Cursor(sync_token=str(result.sync_token or ""), ctag=ctag)
+    # sync-collection (RFC 6578)
+    def _changes_by_sync_token(self, calendar, *, cursor, known) -> Iterator[ChangeBatch]:
+        url = calendar.remote_id
+        if cursor.sync_token:
+            try:
+                listing = self._sync_listing(url, cursor.sync_token)
+            except SyncReportFailed as exc:
+                logger.info(
+                    "sync token of %s not accepted (%s); resyncing fully", urlsplit(url).path, exc
+                )
+            else:
+                known_n = {normalize_href(h): e for h, e in known.items()}
+                to_fetch = [
+                    h for h, e in listing.changed.items() if not e or known_n.get(unquote(h)) != e
+                ]
+                yield from self._fetch(
+                    calendar, to_fetch, listing.deleted, Cursor(sync_token=listing.token)
+                )
+                return
+        if not known:
+            yield from self._initial_by_sync(calendar)
+            return
+        listing = self._sync_listing(url, "")
+        listed = self._guard_empty(
+            calendar, known, listing.changed, state_changed=_moved(cursor.sync_token, listing.token)
         )
+        to_fetch, deleted = listing_diff(known, listed)
+        yield from self._fetch(calendar, to_fetch, deleted, Cursor(sync_token=listing.token))
 
-    def _sync_collection(self, collection, token: str):
-        try:
-            return collection.get_objects_by_sync_token(
-                sync_token=token or None, load_objects=False, disable_fallback=True
-            )
-        except caldav_error.AuthorizationError as exc:
-            if SYNC_TOKEN_INVALID in getattr(exc, "preconditions", []):
-                raise caldav_error.ReportError("invalid sync token") from exc
-            raise AuthError("The CalDAV server refused the username or password.") from exc
-        except (niquests.exceptions.Timeout, niquests.exceptions.ConnectionError) as exc:
-            raise TransientError(f"Cannot reach the CalDAV server at {self._host()}.") from exc
+    def _sync_report(self, url: str, token: str, *, with_data: bool) -> Multistatus:
+        body = SYNC_BODY.format(
+            token=_xml_escape(token), data="<c:calendar-data/>" if with_data else ""
+        )
+        response = self._send("REPORT", url, body, depth="1")
+        status = response.status_code
+        if status != 207:
+            detail = response.text[:500] if status < 500 else ""
+            response.close()
+            reason = "invalid sync token" if "valid-sync-token" in detail else f"HTTP {status}"
+            raise SyncReportFailed(reason)
+        return Multistatus(response, url)
 
-    def _changes_by_listing(self, calendar, *, cursor, known, ctag) -> Iterator[ChangeBatch]:
-        """Servers without sync-collection: the ctag says whether anything changed at all."""
-        if ctag and ctag == cursor.ctag:
+    def _sync_listing(self, url: str, token: str) -> Listing:
+        """Every change since `token` (everything, for ""), following 507 continuations."""
+        listing = Listing()
+        for _ in range(MAX_CONTINUATIONS):
+            answer = self._sync_report(url, token, with_data=False)
+            for item in answer:
+                _record(listing, item)
+            if not answer.token:
+                raise SyncReportFailed("no sync token in the answer")
+            listing.token = answer.token
+            if not answer.truncated:
+                return listing
+            if answer.token == token:
+                raise ProviderError(
+                    f"{urlsplit(url).path}: the server truncated its answer "
+                    "without moving its sync token."
+                )
+            token = answer.token
+        raise ProviderError(f"{urlsplit(url).path}: the server never finished its listing.")
+
+    def _initial_by_sync(self, calendar: RemoteCalendar) -> Iterator[ChangeBatch]:
+        """First sync: the objects come with the listing, parsed and stored batch by batch."""
+        url = calendar.remote_id
+        token = ""
+        missing: list[str] = []
+        deleted: list[str] = []
+        for _ in range(MAX_CONTINUATIONS):
+            try:
+                answer = self._sync_report(url, token, with_data=True)
+            except (AuthError, TransientError, SyncReportFailed):
+                raise
+            except ProviderError as exc:
+                if token:
+                    raise
+                # Too big for one answer (Caly's response limit) or refused with data: list
+                # the etags, then fetch in multiget batches.
+                logger.info("%s: data in sync-collection failed (%s)", urlsplit(url).path, exc)
+                listing = self._sync_listing(url, "")
+                yield from self._fetch(
+                    calendar, list(listing.changed), [], Cursor(sync_token=listing.token)
+                )
+                return
+            batch = ChangeBatch()
+            for item in answer:
+                if item.status == 404:
+                    deleted.append(item.href)
+                elif item.status == 200 and not item.is_collection and not item.is_self:
+                    if item.data is None:
+                        missing.append(item.href)  # data not sent in the report: multiget it
+                    else:
+                        self._add_object(batch, calendar, item)
+                        if len(batch.objects) + len(batch.skipped) >= _batch_size():
+                            yield batch
+                            batch = ChangeBatch()
+            if batch.objects or batch.skipped:
+                yield batch
+            if not answer.token:
+                raise SyncReportFailed("no sync token in the answer")
+            if not answer.truncated:
+                break
+            if answer.token == token:
+                raise ProviderError(
+                    f"{urlsplit(url).path}: the server truncated its answer "
+                    "without moving its sync token."
+                )
+            token = answer.token
+        else:
+            raise ProviderError(f"{urlsplit(url).path}: the server never finished its listing.")
+        yield from self._fetch(calendar, missing, deleted, Cursor(sync_token=answer.token))
+
+    # servers without sync-collection: ctag, then etags
+    def _changes_by_ctag(self, calendar, *, cursor, known) -> Iterator[ChangeBatch]:
+        url = calendar.remote_id
+        ctag = self._ctag(url)
+        if ctag and ctag == cursor.ctag and not cursor.sync_token:
             yield ChangeBatch(cursor=Cursor(ctag=ctag))
             return
-        tree = self._multistatus(calendar.remote_id, "PROPFIND", ETAG_LIST_BODY, "1")
-        listed = {}
-        for resp in tree.findall("d:response", NS):
-            prop = _ok_prop(resp)
-            href = resp.findtext("d:href", namespaces=NS)
-            if (
-                prop is None
-                or href is None
-                or prop.find("d:resourcetype/d:collection", NS) is not None
-            ):
-                continue
-            listed[_path(urljoin(calendar.remote_id, href))] = (
-                prop.findtext("d:getetag", namespaces=NS) or ""
-            ).strip()
+        if not known:
+            yield from self._initial_by_query(calendar, Cursor(ctag=ctag))
+            return
+        listed = self._guard_empty(
+            calendar, known, self._etag_listing(url), state_changed=_moved(cursor.ctag, ctag)
+        )
         to_fetch, deleted = listing_diff(known, listed)
         yield from self._fetch(calendar, to_fetch, deleted, Cursor(ctag=ctag))
+
+    def _ctag(self, url: str) -> str:
+        for item in self._multistatus("PROPFIND", url, CTAG_BODY, depth="0"):
+            if item.props is not None and item.is_self:
+                ctag = item.props.findtext("cs:getctag", namespaces=NS) or item.etag
+                return (ctag or "").strip()
+        return ""
+
+    def _etag_listing(self, url: str) -> dict[str, str]:
+        listed = {}
+        for item in self._multistatus("PROPFIND", url, ETAG_LIST_BODY, depth="1"):
+            if item.status == 200 and not item.is_collection and not item.is_self:
+                listed[item.href] = item.etag
+        return listed
+
+    def _initial_by_query(self, calendar: RemoteCalendar, cursor: Cursor) -> Iterator[ChangeBatch]:
+        """First sync without sync-collection: one calendar-query streams every event."""
+        fetched: dict[str, str] = {}
+        batch = ChangeBatch()
+        answer = self._multistatus("REPORT", calendar.remote_id, QUERY_BODY, depth="1")
+        for item in answer:
+            if item.status != 200 or item.is_collection or item.data is None:
+                continue
+            fetched[item.href] = item.etag
+            self._add_object(batch, calendar, item)
+            if len(batch.objects) + len(batch.skipped) >= _batch_size():
+                yield batch
+                batch = ChangeBatch()
+        if not answer.truncated:
+            batch.cursor = cursor
+            yield batch
+            return
+        # The server capped the query: whatever it left out comes by etag and multiget.
+        yield batch
+        to_fetch, _ = listing_diff(fetched, self._etag_listing(calendar.remote_id))
+        yield from self._fetch(calendar, to_fetch, [], cursor)
+
+    # fetching
+    def _guard_empty(
+        self, calendar, known: Mapping[str, str], listed: dict[str, str], *, state_changed
+    ) -> dict[str, str]:
+        """A full listing with nothing in it must not wipe a calendar that holds events."""
+        if listed or not known:
+            return listed
+        second = self._etag_listing(calendar.remote_id)
+        if second:
+            logger.warning(
+                "%s listed as empty, then with %d objects; using the second listing",
+                urlsplit(calendar.remote_id).path,
+                len(second),
+            )
+            return second
+        if empty_listing_confirmed(second_listing=len(second), state_changed=state_changed):
+            return listed
+        raise EmptyListingRefused(
+            f'Calendar "{calendar.name}" suddenly listed no events although Caly holds '
+            f"{len(known)} from it, and the server's sync state did not change; nothing was "
+            "deleted. If the calendar really is empty, the next sync after a change on the "
+            "server will confirm it."
+        )
 
     def _fetch(
         self, calendar, hrefs: list[str], deleted: list[str], cursor: Cursor
     ) -> Iterator[ChangeBatch]:
-        size = settings.CALY_SYNC_BATCH_SIZE
+        size = _batch_size()
         chunks = [hrefs[i : i + size] for i in range(0, len(hrefs), size)] or [[]]
         for number, chunk in enumerate(chunks):
             batch = self._multiget(calendar, chunk) if chunk else ChangeBatch()
@@ -307,44 +635,41 @@ class CalDAVProvider(Provider):
             + "".join(f"<d:href>{_xml_escape(h)}</d:href>" for h in hrefs)
             + "</c:calendar-multiget>"
         )
-        # RFC 4791 §7.9: no Depth header on calendar-multiget.
-        tree = self._multistatus(calendar.remote_id, "REPORT", body, None)
         batch = ChangeBatch()
-        for resp in tree.findall("d:response", NS):
-            href = resp.findtext("d:href", namespaces=NS)
-            prop = _ok_prop(resp)
-            if href is None or prop is None:
+        # RFC 4791 §7.9: no Depth header on calendar-multiget.
+        for item in self._multistatus("REPORT", calendar.remote_id, body, depth=None):
+            if item.status != 200 or item.data is None:
                 continue  # gone between listing and fetching; the next sync reports the deletion
-            href = _path(urljoin(calendar.remote_id, href))
-            raw = prop.findtext("c:calendar-data", namespaces=NS) or ""
-            etag = (prop.findtext("d:getetag", namespaces=NS) or "").strip()
-            try:
-                events = parse_object(raw, default_timezone=calendar.timezone)
-            except MalformedObject as exc:
-                batch.skipped.append(SkippedObject(href=href, reason=str(exc)[:300]))
-                continue
-            batch.objects.append(RemoteObject(href=href, etag=etag, events=events, raw=raw))
+            self._add_object(batch, calendar, item)
         return batch
 
-
-def _ok_prop(response) -> etree._Element | None:
-    for propstat in response.findall("d:propstat", NS):
-        status = propstat.findtext("d:status", namespaces=NS) or ""
-        if " 200 " in f"{status} ":
-            return propstat.find("d:prop", NS)
-    return None
-
-
-def _path(url) -> str:
-    return urlsplit(str(url)).path
+    def _add_object(self, batch: ChangeBatch, calendar: RemoteCalendar, item: Item) -> None:
+        try:
+            events = parse_object(item.data, default_timezone=calendar.timezone)
+        except MalformedObject as exc:
+            batch.skipped.append(SkippedObject(href=unquote(item.href), reason=str(exc)[:300]))
+            return
+        batch.objects.append(
+            RemoteObject(href=item.href, etag=item.etag, events=events, raw=item.data)
+        )
 
 
-def _xml_escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def _batch_size() -> int:
+    return max(1, settings.CALY_SYNC_BATCH_SIZE)
 
 
-def _vtimezone_id(text: str) -> str:
-    for line in text.splitlines():
-        if line.startswith("TZID:"):
-            return line[5:].strip()
-    return ""
+def _moved(old: str, new: str) -> bool | None:
+    """Did the server's sync state move? None when there is nothing to compare."""
+    if not old or not new:
+        return None
+    return old != new
+
+
+def _record(listing: Listing, item: Item) -> None:
+    if item.status == 404:
+        listing.changed.pop(item.href, None)
+        listing.deleted.append(item.href)
+    elif item.status == 200 and not item.is_collection and not item.is_self:
+        listing.changed[item.href] = item.etag
+        if listing.deleted and item.href in listing.deleted:
+            listing.deleted.remove(item.href)

@@ -1,0 +1,227 @@
+"""A small HTTP proxy in front of a real CalDAV server, to make it behave like harder servers.
+
+It forwards every request on loopback and can, per test:
+- count requests (method, path, REPORT kind), for request-budget assertions;
+- hide sync-collection (no report in supported-report-set, no sync-token) and refuse the REPORT,
+  like servers without RFC 6578; or only refuse it while still advertising it;
+- reject every sync token (as an expired token is rejected: 403 `valid-sync-token`);
+- truncate sync-collection answers to `page_size` responses with the RFC 6578 §3.6 507 marker
+  and a continuation token, like servers with result limits;
+- answer listings of one calendar with no members at all (a spurious empty answer);
+- serve some objects' calendar-data broken (a server handing out what it should not).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
+
+import requests
+from lxml import etree
+
+from tests.support.ports import free_port
+
+DAV = "{DAV:}"
+CALDAV = "{urn:ietf:params:xml:ns:caldav}"
+BROKEN = (
+    "BEGIN:VCALENDAR\nVERSION:2.0\nBEGIN:VEVENT\nUID:broken\nDTSTART:2026XX05T0900Z\nEND:VEVENT\n"
+)
+PAGE_TOKEN = "http://caly.invalid/page/"
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "content-encoding",
+    "server",
+    "date",
+}
+REFUSED = (
+    b'<?xml version="1.0" encoding="utf-8"?>\n'
+    b'<D:error xmlns:D="DAV:"><D:supported-report/></D:error>'
+)
+TOKEN_REJECTED = (
+    b'<?xml version="1.0" encoding="utf-8"?>\n'
+    b'<D:error xmlns:D="DAV:"><D:valid-sync-token/></D:error>'
+)
+
+
+@dataclass(frozen=True)
+class Seen:
+    method: str
+    path: str
+    report: str = ""  # sync-collection, calendar-multiget, calendar-query
+    hrefs: int = 0  # how many objects a calendar-multiget asked for
+
+
+@dataclass
+class DAVProxy:
+    upstream: str
+    hide_sync: bool = False
+    refuse_sync: bool = False
+    reject_tokens: bool = False
+    page_size: int = 0
+    empty_listing_of: str = ""  # a calendar path: its listings come back without members
+    corrupt: set[str] = field(default_factory=set)  # object paths served as broken iCalendar
+    requests: list[Seen] = field(default_factory=list)
+    _server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def reset(self) -> None:
+        self.hide_sync = self.refuse_sync = self.reject_tokens = False
+        self.page_size = 0
+        self.empty_listing_of = ""
+        self.corrupt = set()
+        self.requests.clear()
+
+    def start(self) -> DAVProxy:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def handle_one(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                status, headers, content = proxy._handle(
+                    self.command, self.path, self.headers, body
+                )
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_PUT = do_DELETE = do_PROPFIND = do_PROPPATCH = do_REPORT = handle_one
+            do_MKCALENDAR = do_MKCOL = do_OPTIONS = do_HEAD = do_POST = handle_one
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def count(self, method: str | None = None, report: str | None = None) -> int:
+        return sum(
+            1
+            for r in self.requests
+            if (method is None or r.method == method) and (report is None or r.report == report)
+        )
+
+    # --- the proxying ------------------------------------------------------------------
+    def _handle(self, method: str, path: str, headers, body: bytes):
+        report = ""
+        if method == "REPORT":
+            match = re.search(
+                rb"<(?:\w+:)?(sync-collection|calendar-multiget|calendar-query)\b", body
+            )
+            report = match.group(1).decode() if match else "other"
+        hrefs = len(re.findall(rb"<(?:\w+:)?href>", body)) if report == "calendar-multiget" else 0
+        self.requests.append(Seen(method, urlsplit(path).path, report, hrefs))
+        if report == "sync-collection" and (self.hide_sync or self.refuse_sync):
+            return 403, {"Content-Type": "application/xml; charset=utf-8"}, REFUSED
+        token = _request_token(body) if report == "sync-collection" else ""
+        if token and self.reject_tokens:
+            return 403, {"Content-Type": "application/xml; charset=utf-8"}, TOKEN_REJECTED
+        offset = 0
+        if token.startswith(PAGE_TOKEN):
+            offset, original = _decode_page_token(token)
+            body = body.replace(_xml_text(token), _xml_text(original))
+            token = original
+        forwarded = {
+            k: v for k, v in headers.items() if k.lower() not in ("host", "content-length")
+        }
+        upstream = requests.request(
+            method, self.upstream + path, data=body, headers=forwarded, timeout=60
+        )
+        content = upstream.content
+        out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+        if upstream.status_code == 207:
+            content = self._rewrite(method, path, report, token, offset, content)
+        return upstream.status_code, out_headers, content
+
+    def _rewrite(self, method, path, report, token, offset, content: bytes) -> bytes:
+        path = urlsplit(path).path
+        hide = self.hide_sync and method == "PROPFIND"
+        empty = self.empty_listing_of and _same(path, self.empty_listing_of)
+        paging = self.page_size and report == "sync-collection"
+        corrupt = self.corrupt and method == "REPORT"
+        if not (hide or empty or paging or corrupt):
+            return content
+        root = etree.fromstring(content)
+        if corrupt:
+            for response in root.findall(f"{DAV}response"):
+                if any(_same(response.findtext(f"{DAV}href"), c) for c in self.corrupt):
+                    for data in response.iter(f"{CALDAV}calendar-data"):
+                        data.text = BROKEN
+        if hide:
+            for report_el in root.iter(f"{DAV}sync-collection"):
+                supported = report_el.getparent().getparent()
+                supported.getparent().remove(supported)
+            for token_el in list(root.iter(f"{DAV}sync-token")):
+                if token_el.getparent().tag == f"{DAV}prop":
+                    token_el.getparent().remove(token_el)
+        members = [
+            r for r in root.findall(f"{DAV}response") if not _same(r.findtext(f"{DAV}href"), path)
+        ]
+        if empty and (method == "PROPFIND" or report == "sync-collection"):
+            for member in members:
+                root.remove(member)
+        elif paging:
+            rest = members[offset + self.page_size :]
+            for member in members[:offset] + rest:
+                root.remove(member)
+            if rest:
+                marker = etree.SubElement(root, f"{DAV}response")
+                etree.SubElement(marker, f"{DAV}href").text = path
+                etree.SubElement(marker, f"{DAV}status").text = "HTTP/1.1 507 Insufficient Storage"
+                root.find(f"{DAV}sync-token").text = _page_token(offset + self.page_size, token)
+                # The marker must come before the token element, as servers send it.
+                token_el = root.find(f"{DAV}sync-token")
+                root.remove(token_el)
+                root.append(token_el)
+        return etree.tostring(root, xml_declaration=True, encoding="utf-8")
+
+
+def _same(href: str | None, path: str) -> bool:
+    return unquote(urlsplit(href or "").path).rstrip("/") == unquote(path).rstrip("/")
+
+
+def _request_token(body: bytes) -> str:
+    match = re.search(rb"<(?:\w+:)?sync-token>([^<]*)</", body)
+    return _unescape(match.group(1).decode()) if match else ""
+
+
+def _unescape(text: str) -> str:
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def _xml_text(text: str) -> bytes:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").encode()
+
+
+def _page_token(offset: int, original: str) -> str:
+    encoded = base64.urlsafe_b64encode(original.encode()).decode() or "-"
+    return f"{PAGE_TOKEN}{offset}/{encoded}"
+
+
+def _decode_page_token(token: str) -> tuple[int, str]:
+    offset, _, encoded = token[len(PAGE_TOKEN) :].partition("/")
+    original = "" if encoded == "-" else base64.urlsafe_b64decode(encoded.encode()).decode()
+    return int(offset), original
