@@ -12,10 +12,12 @@ sync token). A full listing asks for 2,500 events a page, the most Google serves
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections import defaultdict
@@ -32,6 +34,7 @@ from django.conf import settings
 from google.oauth2.credentials import Credentials
 from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
+from googleapiclient.model import JsonModel
 
 from sync import http
 from sync.budget import BudgetExhausted, budget_spend
@@ -173,6 +176,79 @@ class _Transport:
         return result, response.content or b""
 
 
+# --- responses --------------------------------------------------------------------------------
+RAW_ITEMS = "__caly_raw_items"  # where a parsed page keeps each item's text as Google sent it
+_whitespace = re.compile(r"[ \t\n\r]*")
+_scan_value = json.JSONDecoder().scan_once
+
+
+class _ItemsKeepingJsonModel(JsonModel):
+    """googleapiclient's JSON model, also keeping the exact text of each listed item.
+
+    The text is stored as the event's raw source: what Google sent, without re-encoding 10,000
+    events a calendar. The values are parsed by the json module's C scanner, as json.loads does.
+    """
+
+    def deserialize(self, content):
+        text = content.decode("utf-8") if isinstance(content, bytes) else content
+        try:
+            return _parse_keeping_items(text)
+        except (ValueError, IndexError, StopIteration):
+            return super().deserialize(content)
+
+
+def _parse_keeping_items(text: str) -> dict:
+    def skip(i: int) -> int:
+        # Compact JSON has no whitespace between tokens; pretty-printed JSON has some.
+        return _whitespace.match(text, i).end() if text[i] in " \t\n\r" else i
+
+    i = skip(0)
+    if text[i] != "{":
+        raise ValueError("not an object")
+    result: dict = {}
+    i = skip(i + 1)
+    if text[i] == "}":
+        return result
+    while True:
+        if text[i] != '"':
+            raise ValueError("expected a key")
+        key, i = _scan_value(text, i)
+        i = skip(i)
+        if text[i] != ":":
+            raise ValueError("expected a colon")
+        i = skip(i + 1)
+        if key == "items" and text[i] == "[":
+            items: list = []
+            raw: list[str] = []
+            keep, keep_raw, scan = items.append, raw.append, _scan_value
+            i = skip(i + 1)
+            if text[i] == "]":
+                i += 1
+            else:
+                while True:
+                    value, end = scan(text, i)
+                    keep(value)
+                    keep_raw(text[i:end])
+                    i = skip(end)
+                    if text[i] == ",":
+                        i = skip(i + 1)
+                    elif text[i] == "]":
+                        i += 1
+                        break
+                    else:
+                        raise ValueError("expected a comma")
+            result[key] = items
+            result[RAW_ITEMS] = raw
+        else:
+            result[key], i = _scan_value(text, i)
+        i = skip(i)
+        if text[i] == "}":
+            return result
+        if text[i] != ",":
+            raise ValueError("expected a comma")
+        i = skip(i + 1)
+
+
 # --- the provider -----------------------------------------------------------------------------
 class GoogleProvider(Provider):
     """One Google account. `credentials` holds the OAuth refresh token; `username` its address."""
@@ -212,6 +288,7 @@ class GoogleProvider(Provider):
                 static_discovery=True,
                 cache_discovery=False,
                 http=_Transport(self),
+                model=_ItemsKeepingJsonModel(),
                 client_options=options,
             )
         return self._service
@@ -372,7 +449,9 @@ class GoogleProvider(Provider):
                         "Google answered 410 to a listing without a sync token."
                     ) from None
                 raise
-            batch = self._batch(calendar, page.get("items", ()), known, listed, instances)
+            batch = self._batch(
+                calendar, page.get("items", ()), page.get(RAW_ITEMS), known, listed, instances
+            )
             page_token = page.get("nextPageToken")
             if page_token:
                 yield batch
@@ -397,9 +476,9 @@ class GoogleProvider(Provider):
                 "nothing was deleted, the sync is tried again."
             )
 
-    def _batch(self, calendar, items, known, listed: set[str], instances) -> ChangeBatch:
+    def _batch(self, calendar, items, raw_items, known, listed, instances) -> ChangeBatch:
         batch = ChangeBatch()
-        for item in items:
+        for position, item in enumerate(items):
             href = item.get("id")
             if not href:
                 continue
@@ -431,7 +510,10 @@ class GoogleProvider(Provider):
             elif master_id:
                 self._master_uids.setdefault(master_id, uid)
                 instances.add(master_id, href)
-            raw = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+            if raw_items is not None:
+                raw = raw_items[position]
+            else:
+                raw = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
             batch.objects.append(RemoteObject(href=href, etag=etag, events=(event,), raw=raw))
         return batch
 
@@ -564,6 +646,7 @@ def _backoff(*, attempt: int, retry_after: float | None) -> float:
 
 
 # --- Google event → RemoteEvent ---------------------------------------------------------------
+@functools.lru_cache(maxsize=512)
 def _zone(name: str) -> dt.tzinfo:
     if name:
         try:
@@ -594,8 +677,6 @@ def _parse_time(value: str | None) -> dt.datetime | None:
 
 def _recurrence(lines, *, zone: dt.tzinfo) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
     """Google's `recurrence` (RRULE/RDATE/EXDATE lines) as Caly's rrule, rdate and exdate."""
-    if not lines:
-        return "", (), ()
     text = "BEGIN:VEVENT\r\n" + "\r\n".join(str(line) for line in lines) + "\r\nEND:VEVENT\r\n"
     component = icalendar.Event.from_ical(text)
     rrule = component.get("RRULE")
@@ -626,31 +707,34 @@ def event_from_google(item: Mapping, *, uid: str, calendar_timezone: str = "") -
     cancelled occurrence of a recurring event stays a row with status CANCELLED.
     """
     start_field = item.get("start") or item.get("originalStartTime")
-    zone_name = (start_field or {}).get("timeZone") or calendar_timezone
+    zone_name = start_field.get("timeZone") or calendar_timezone
     zone = _zone(zone_name)
-    original = item.get("originalStartTime")
     recurrence_id = ""
-    if item.get("recurringEventId") and original:
-        recurrence_id = recurrence_key(_moment(original, zone=zone))
+    if "recurringEventId" in item and item.get("originalStartTime"):
+        recurrence_id = recurrence_key(_moment(item["originalStartTime"], zone=zone))
     start_value = _moment(start_field, zone=zone)
-    all_day = not isinstance(start_value, dt.datetime)
-    start = as_instant(start_value)
-    if item.get("end"):
-        end = as_instant(_moment(item["end"], zone=zone))
+    all_day = type(start_value) is dt.date
+    start = as_instant(start_value) if all_day else start_value.astimezone(UTC)
+    end_field = item.get("end")
+    if end_field:
+        end_value = _moment(end_field, zone=zone)
+        end = as_instant(end_value) if type(end_value) is dt.date else end_value.astimezone(UTC)
     else:
         end = start + (dt.timedelta(days=1) if all_day and item.get("start") else dt.timedelta(0))
-    rrule, rdate, exdate = _recurrence(item.get("recurrence"), zone=zone)
+    rrule, rdate, exdate = "", (), ()
+    if item.get("recurrence"):
+        rrule, rdate, exdate = _recurrence(item["recurrence"], zone=zone)
     return RemoteEvent(
         uid=uid,
         recurrence_id=recurrence_id,
-        summary=str(item.get("summary") or ""),
-        description=str(item.get("description") or ""),
-        location=str(item.get("location") or ""),
+        summary=item.get("summary") or "",
+        description=item.get("description") or "",
+        location=item.get("location") or "",
         start=start,
         end=end,
         all_day=all_day,
         timezone="" if all_day else zone_name,
-        status=str(item.get("status") or "confirmed").upper(),
+        status=(item.get("status") or "confirmed").upper(),
         rrule=rrule,
         rdate=rdate,
         exdate=exdate,

@@ -561,3 +561,24 @@ def test_an_empty_listing_is_confirmed_before_everything_is_deleted(google, goog
     google.expire_sync_tokens(user)
     assert sync(account)["deleted"] == 3
     assert not stored(account)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"kind":"calendar#events","items":[{"id":"a","x":[1,{"y":"\\u00e9]"}]},{"id":"b"}],'
+        '"nextSyncToken":"t"}',
+        '{\n "items": [\n  {\n   "id": "a"\n  } ,\n  {"id": "b,]}"}\n ],\n "nextPageToken": "p"\n}\n',
+        '{"nextPageToken":"p","items":[]}',
+        '{"kind":"calendar#calendarList"}',
+    ],
+    ids=["compact", "pretty", "empty", "no-items"],
+)
+def test_pages_keep_each_item_exactly_as_sent(text):
+    from sync.providers.google import RAW_ITEMS, _ItemsKeepingJsonModel
+
+    page = _ItemsKeepingJsonModel().deserialize(text.encode())
+    raw = page.pop(RAW_ITEMS, [])
+    assert page == json.loads(text)
+    assert [json.loads(r) for r in raw] == page.get("items", [])
+    assert all(r in text for r in raw)
