@@ -21,6 +21,7 @@ def open_shared_resources(sender=None, **kwargs):
 
     slots = sender.concurrency if sender is not None else 1
     http.open_pool(slots=slots)
+    _keep_db_connections_per_thread()
     logger.info(
         "worker %s ready: %s slots (%s pool), queues %s",
         getattr(sender, "hostname", "?"),
@@ -28,6 +29,19 @@ def open_shared_resources(sender=None, **kwargs):
         getattr(getattr(sender, "pool_cls", None), "__name__", "?"),
         ", ".join(sorted(q.name for q in app.amqp.queues.values())),
     )
+
+
+def _keep_db_connections_per_thread() -> None:
+    """Pool threads keep their database connection between tasks (see settings.DATABASES).
+
+    Set before any task thread connects; a connection past its age, or broken, is replaced by
+    the task_postrun hook below.
+    """
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if not database["ENGINE"].endswith("sqlite3"):
+        database["CONN_MAX_AGE"] = settings.CALY_WORKER_DB_CONN_MAX_AGE
 
 
 @signals.worker_shutting_down.connect
@@ -60,7 +74,7 @@ def close_shared_resources(sender=None, **kwargs):
 
 @signals.task_postrun.connect
 def close_task_db_connections(**kwargs):
-    """Threads come and go; close the task's connection so connections stay bounded by slots."""
+    """Close the task thread's connection if it is broken or past its age (one per pool thread)."""
     from django.db import close_old_connections
 
     close_old_connections()

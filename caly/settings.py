@@ -80,9 +80,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
     )
 else:
-    # Thread-pool workers open one connection per thread; closing at the end of each task keeps
-    # the count bounded by the number of slots.
+    # Web requests close their connection when they end (the development server gives every
+    # request a thread of its own). A worker's pool threads live as long as the worker, so
+    # caly/celery.py lets each keep its connection for CALY_WORKER_DB_CONN_MAX_AGE: one per slot,
+    # and no new PostgreSQL backend (costlier than a no-change sync) for every run.
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CALY_DB_CONN_MAX_AGE", default=0)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+CALY_WORKER_DB_CONN_MAX_AGE = env.int("CALY_WORKER_DB_CONN_MAX_AGE", default=300)
 # Concurrent test runs on one server each get their own test database.
 DATABASES["default"]["TEST"] = {"NAME": env.str("CALY_TEST_DATABASE", default=None)}
 

@@ -44,8 +44,11 @@ def lease_alive(lease: SyncLease | None, now: dt.datetime | None = None) -> bool
 
 def lease_lock(account_id: int) -> SyncLease:
     """The account's lease row, locked until the transaction ends (created if missing)."""
-    SyncLease.objects.get_or_create(account_id=account_id)
-    return SyncLease.objects.select_for_update().get(account_id=account_id)
+    lease = SyncLease.objects.select_for_update().filter(account_id=account_id).first()
+    if lease is None:  # the account's first sync
+        SyncLease.objects.get_or_create(account_id=account_id)
+        lease = SyncLease.objects.select_for_update().get(account_id=account_id)
+    return lease
 
 
 @dataclass
@@ -62,8 +65,14 @@ class Claim:
 
 
 @transaction.atomic
-def run_claim(*, run_id: int, task_id: str = "", worker: str = "") -> Claim:
-    """Take the account's lease and mark the run running; or say why not."""
+def run_claim(
+    *, run_id: int, task_id: str = "", worker: str = "", received_at: dt.datetime | None = None
+) -> Claim:
+    """Take the account's lease and mark the run running; or say why not.
+
+    `received_at` is when the worker slot took the message: the run's start, as far as the
+    start-order promise goes (the claim itself may wait for the database).
+    """
     account_id = SyncRun.objects.filter(pk=run_id).values_list("account_id", flat=True).first()
     if account_id is None:
         return Claim("done")
@@ -91,7 +100,8 @@ def run_claim(*, run_id: int, task_id: str = "", worker: str = "") -> Claim:
     lease.holder, lease.expires_at = token, now + _ttl()
     lease.save(update_fields=["holder", "expires_at"])
     run.state = SyncRun.State.RUNNING
-    run.started_at = run.started_at or now  # the first start is the one the order promise is about
+    # The first start is the one the order promise is about.
+    run.started_at = run.started_at or min(received_at or now, now)
     run.attempts += 1
     run.deferred = False
     run.retry_at = None

@@ -279,7 +279,13 @@ class Counts:
         self.deleted += len(plan.delete_ids)
 
 
-def sync_run_execute(*, run_id: int, task_id: str = "", worker: str = "") -> dict:
+def sync_run_execute(
+    *,
+    run_id: int,
+    task_id: str = "",
+    worker: str = "",
+    received_at: dt.datetime | None = None,
+) -> dict:
     """Run one queued sync: take the account's lease, sync every selected calendar, record it.
 
     Safe to call twice for the same run (redelivery): a finished run is left alone, a run
@@ -288,7 +294,7 @@ def sync_run_execute(*, run_id: int, task_id: str = "", worker: str = "") -> dic
     Returns a summary; `handed_back` means the worker is shutting down and the caller must
     requeue the message.
     """
-    claim = run_claim(run_id=run_id, task_id=task_id, worker=worker)
+    claim = run_claim(run_id=run_id, task_id=task_id, worker=worker, received_at=received_at)
     if claim.outcome == "later":
         retry.publish_run(run_id=run_id, task_id=task_id or str(uuid.uuid4()), delay=claim.delay)
         return {"run": run_id, "state": claim.run.state, "back_in": claim.delay}
@@ -332,7 +338,7 @@ class DeadlineExceeded(TransientError):
 
 def _execute(run: SyncRun, *, heartbeat: LeaseHeartbeat) -> str:
     """Sync the run's account; returns "done", "retry" (queued again) or "hand_back"."""
-    account = run.account
+    account_id = run.account_id
     counts = Counts()
     deadline = time.monotonic() + settings.CALY_SYNC_DEADLINE_SECONDS
     try:
@@ -342,21 +348,21 @@ def _execute(run: SyncRun, *, heartbeat: LeaseHeartbeat) -> str:
     except TransientError as exc:
         return _retry_or_fail(run, counts, exc)
     except AuthError as exc:
-        Account.objects.filter(pk=account.pk).update(
+        Account.objects.filter(pk=account_id).update(
             status=Account.Status.NEEDS_REAUTH, last_error=str(exc)
         )
         _finish(run, counts, state=SyncRun.State.FAILED, error=str(exc))
     except ProviderError as exc:
-        Account.objects.filter(pk=account.pk).update(last_error=str(exc))
+        Account.objects.filter(pk=account_id).update(last_error=str(exc))
         _finish(run, counts, state=SyncRun.State.FAILED, error=str(exc))
     except Exception as exc:
         logger.exception("sync run %s failed", run.pk)
         error = f"Internal error while syncing ({type(exc).__name__}); the team has the details."
-        Account.objects.filter(pk=account.pk).update(last_error=error)
+        Account.objects.filter(pk=account_id).update(last_error=error)
         _finish(run, counts, state=SyncRun.State.FAILED, error=error)
     else:
         now = timezone.now()
-        Account.objects.filter(pk=account.pk).update(last_synced_at=now, last_error="")
+        Account.objects.filter(pk=account_id).update(last_synced_at=now, last_error="")
         _finish(run, counts, state=SyncRun.State.SUCCEEDED, error="")
     return "done"
 

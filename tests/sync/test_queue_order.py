@@ -40,7 +40,7 @@ def request_in_order(accounts) -> list[int]:
 
 
 def test_one_slot_starts_requests_in_exact_arrival_order(lab, user):
-    accounts = fake_accounts_of_mixed_duration(user, 160)
+    accounts = fake_accounts_of_mixed_duration(user, 120)
     worker = lab.start_worker(threads=1, wait=False)
     run_ids = request_in_order(accounts)  # while the worker starts and consumes
     worker.wait_ready()
@@ -56,7 +56,7 @@ def test_one_slot_starts_requests_in_exact_arrival_order(lab, user):
 def test_many_slots_overtake_by_at_most_slots_minus_one_with_bounded_connections(lab, user):
     processes, threads = 2, 3
     slots = processes * threads
-    accounts = fake_accounts_of_mixed_duration(user, 320)
+    accounts = fake_accounts_of_mixed_duration(user, 300)
     lab.start_workers(processes, threads=threads)
 
     peak = {"connections": 0}
