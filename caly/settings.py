@@ -120,6 +120,10 @@ LOGGING = {
         "caldav": {"level": "WARNING"},
         "niquests": {"level": "WARNING"},
         "urllib3": {"level": "WARNING"},
+        # The Google client logs request URLs (sync and page tokens) and google-auth token
+        # exchanges at DEBUG.
+        "googleapiclient": {"level": "WARNING"},
+        "google": {"level": "WARNING"},
     },
 }
 

@@ -444,9 +444,9 @@ class GoogleProvider(Provider):
             try:
                 page = self._execute(request, what=f"the events of {calendar.name or 'a calendar'}")
             except SyncTokenExpired:
-                if full:
-                    raise ProviderError(
-                        "Google answered 410 to a listing without a sync token."
+                if full:  # a page token outlived its listing: start again later
+                    raise TransientError(
+                        "Google ended a full listing with HTTP 410; it starts again."
                     ) from None
                 raise
             batch = self._batch(

@@ -9,6 +9,7 @@ separate processes as in production.
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 from django.conf import settings as django_settings
@@ -39,7 +40,7 @@ def google_workers(django_db_setup, django_db_blocker, google):
     }
     with django_db_blocker.unblock():
         workers = [start_worker(threads=4, env=env) for _ in range(2)]
-    yield prefix
+    yield SimpleNamespace(prefix=prefix, workers=workers)
     for worker in workers:
         worker.stop()
     from caly.celery import app
@@ -53,9 +54,10 @@ def google_workers(django_db_setup, django_db_blocker, google):
 @pytest.fixture(autouse=True)
 def google_settings(settings, google, google_workers):
     """This process publishes to the module's queues and talks to the fake like the workers."""
-    settings.CALY_QUEUE_PREFIX = google_workers
-    settings.CALY_SYNC_QUEUE = f"{google_workers}.sync"
-    settings.CALY_MAINTENANCE_QUEUE = f"{google_workers}.maintenance"
+    prefix = google_workers.prefix
+    settings.CALY_QUEUE_PREFIX = prefix
+    settings.CALY_SYNC_QUEUE = f"{prefix}.sync"
+    settings.CALY_MAINTENANCE_QUEUE = f"{prefix}.maintenance"
     for name, value in {**google.settings(), **BUDGET, **MAX_WAIT}.items():
         setattr(settings, name, value)
     return settings
@@ -275,3 +277,12 @@ def test_parallel_syncs_of_one_google_user_stay_within_its_quota(api, user, goog
     # 48 requests at Caly's budget (a burst of 3, then 9 a second) take about 5 s.
     assert elapsed > (sent - 3) / 9 - 0.5
     assert SyncRun.objects.filter(pk__in=run_ids, attempts__gt=1).count() == 0
+
+
+def test_worker_logs_carry_no_google_tokens(google, google_workers):
+    """Runs after the others: whatever they logged, no refresh or access token is in it."""
+    logs = "".join(worker.log() for worker in google_workers.workers)
+    assert "sync.run_sync" in logs  # the workers did log their tasks
+    for user in google.users.values():
+        assert user.refresh_token not in logs
+    assert "1//fake-" not in logs and "ya29." not in logs
