@@ -1,3 +1,6 @@
+"""The user-facing pages: the dashboard and signing in and out."""
+
+from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from sync import oauth, views
@@ -8,4 +11,6 @@ urlpatterns = [
     path("google/connect/", oauth.google_connect, name="google-connect"),
     path("google/connect/<int:account_id>/", oauth.google_connect, name="google-connect"),
     path("google/callback/", oauth.google_callback, name="google-callback"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

@@ -1,12 +1,74 @@
-"""The user dashboard (server-rendered; live parts poll the JSON API)."""
+"""The user dashboard: server-rendered; its live parts poll the JSON API (/api/sync/, /api/accounts/)."""
 
+import datetime as dt
+
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+from django.utils.timesince import timeuntil
 
-from calendars import selectors
+from calendars.models import Account
+from sync import selectors
+from sync.models import SyncRun
+from sync.oauth import google_oauth_enabled
+
+RECENT_RUNS = 10
+
+
+def _google_connect_url(account) -> str:
+    """Where a person reconnects a Google account, if Google sign-in is set up here."""
+    if not google_oauth_enabled():
+        return ""
+    try:
+        return reverse("google-connect", args=[account.pk])
+    except NoReverseMatch:
+        return ""
+
+
+def _next_sync_text(account, *, resync_enabled: bool, now) -> str:
+    """The same wording the page's script keeps up to date."""
+    if account.status == Account.Status.NEEDS_REAUTH:
+        return "paused until you reconnect"
+    if account.next_sync_at is None:
+        return "off"
+    if account.busy:
+        return "now"
+    if not resync_enabled:
+        return "when you press Sync now"
+    if account.next_sync_at <= now + dt.timedelta(minutes=1):
+        return "within a minute"
+    return f"in {timeuntil(account.next_sync_at, now)}"
 
 
 @login_required
 def dashboard(request):
-    accounts = selectors.accounts_for_user(user=request.user).prefetch_related("calendars")
-    return render(request, "dashboard.html", {"accounts": accounts})
+    now = timezone.now()
+    accounts = selectors.accounts_overview(user=request.user)
+    resync_enabled = selectors.resync_enabled()
+    for account in accounts:
+        account.reconnect_url = (
+            _google_connect_url(account) if account.provider == Account.Provider.GOOGLE else ""
+        )
+        account.next_sync_text = _next_sync_text(account, resync_enabled=resync_enabled, now=now)
+    runs = selectors.runs_for_user(user=request.user).select_related("account")[:RECENT_RUNS]
+    config = {
+        "resyncMinutes": settings.CALY_RESYNC_MINUTES if resync_enabled else None,
+        "recentRuns": RECENT_RUNS,
+        "reconnectUrls": {a.pk: a.reconnect_url for a in accounts if a.reconnect_url},
+        "terminalStates": list(SyncRun.TERMINAL_STATES),
+        "statusLabels": dict(Account.Status.choices),
+        "triggerLabels": dict(SyncRun.Trigger.choices),
+    }
+    return render(
+        request,
+        "dashboard.html",
+        {
+            "accounts": accounts,
+            "runs": runs,
+            "resync_minutes": settings.CALY_RESYNC_MINUTES,
+            "resync_enabled": resync_enabled,
+            "config": config,
+        },
+    )

@@ -71,7 +71,7 @@ class Command(BaseCommand):
         if not (wait or inline):
             self.stdout.write("Watch it with --wait, or GET /api/sync/<id>/.")
             return
-        watcher = Watcher(self.stdout, [r.pk for r in runs], interval=interval)
+        watcher = Watcher(self.stdout, [r.pk for r in runs], interval=interval, inline=inline)
         try:
             if inline:
                 for run in runs:
@@ -118,8 +118,9 @@ def _queued_text(run: SyncRun) -> str:
 class Watcher:
     """Draws one progress bar per run, in place on a terminal, or a line per change otherwise."""
 
-    def __init__(self, out, run_ids: list[int], *, interval: float):
+    def __init__(self, out, run_ids: list[int], *, interval: float, inline: bool = False):
         self.out = out
+        self.queued_text = "starting in this process" if inline else "waiting for a worker"
         self.run_ids = run_ids
         self.interval = interval
         self.tty = hasattr(out, "isatty") and out.isatty()
@@ -134,7 +135,7 @@ class Watcher:
 
     def draw(self) -> list[SyncRun]:
         runs = self.runs()
-        lines = [(run.pk, progress_line(run)) for run in runs]
+        lines = [(run.pk, progress_line(run, queued_text=self.queued_text)) for run in runs]
         if self.tty:
             if self.drawn:
                 self.out.write(f"\x1b[{self.drawn}F", ending="")
@@ -209,7 +210,7 @@ class Watcher:
         return failed
 
 
-def progress_line(run: SyncRun) -> str:
+def progress_line(run: SyncRun, *, queued_text: str = "waiting for a worker") -> str:
     total, done = run.calendars_total, run.calendars_done
     fraction = done / total if total else 0.0
     if run.state == SyncRun.State.SUCCEEDED:
@@ -218,7 +219,7 @@ def progress_line(run: SyncRun) -> str:
     bar = "#" * filled + "-" * (BAR_WIDTH - filled)
     calendars = f"{done}/{total} calendars" if total else "discovering calendars"
     if run.state == SyncRun.State.QUEUED:
-        calendars = "waiting for a worker"
+        calendars = queued_text
     return (
         f"#{run.pk} {run.account.name[:30]:<30} [{bar}] {calendars}, "
         f"{run.events_processed:,} events  {run.state}"

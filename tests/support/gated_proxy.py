@@ -1,0 +1,89 @@
+"""A loopback HTTP proxy in front of a CalDAV server that can hold REPORT requests at a gate.
+
+A sync lists a calendar's changes with REPORT; holding those keeps a sync in its `running` state
+for exactly as long as a test needs to look at it, then lets it finish normally.
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import requests
+
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-encoding",
+    "content-length",
+    "host",
+    "accept-encoding",
+}
+METHODS = ("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "PROPFIND", "REPORT", "MKCALENDAR")
+
+
+class GatedProxy:
+    def __init__(self, upstream: str):
+        self.upstream = upstream.rstrip("/")
+        self._open = threading.Event()
+        self._open.set()
+        self._lock = threading.Lock()
+        self.held = 0  # REPORT requests that have arrived while the gate was closed
+        self.session = requests.Session()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if self.command == "REPORT" and not proxy._open.is_set():
+                    with proxy._lock:
+                        proxy.held += 1
+                    proxy._open.wait(timeout=60)
+                upstream = proxy.session.request(
+                    self.command,
+                    proxy.upstream + self.path,
+                    data=body,
+                    headers={k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP},
+                    allow_redirects=False,
+                    timeout=30,
+                )
+                content = upstream.content
+                self.send_response(upstream.status_code)
+                for key, value in upstream.headers.items():
+                    if key.lower() not in HOP_BY_HOP:
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(content)
+
+            def log_message(self, *args):
+                pass
+
+        for method in METHODS:
+            setattr(Handler, f"do_{method}", Handler.forward)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def close_gate(self) -> None:
+        self._open.clear()
+
+    def open_gate(self) -> None:
+        self._open.set()
+
+    def stop(self) -> None:
+        self.open_gate()
+        self.server.shutdown()
+        self.server.server_close()
+        self.session.close()
