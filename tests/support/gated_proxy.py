@@ -28,6 +28,7 @@ class GatedProxy:
         self.upstream = upstream.rstrip("/")
         self._open = threading.Event()
         self._open.set()
+        self._held_paths = ""  # hold only REPORTs whose path contains this ("" = all)
         self._lock = threading.Lock()
         self.held = 0  # REPORT requests that have arrived while the gate was closed
         self.session = requests.Session()
@@ -39,7 +40,8 @@ class GatedProxy:
             def forward(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                if self.command == "REPORT" and not proxy._open.is_set():
+                held = proxy._held_paths in self.path
+                if self.command == "REPORT" and held and not proxy._open.is_set():
                     with proxy._lock:
                         proxy.held += 1
                     proxy._open.wait(timeout=60)
@@ -76,7 +78,9 @@ class GatedProxy:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def close_gate(self) -> None:
+    def close_gate(self, path_contains: str = "") -> None:
+        """Hold REPORT requests (only those whose path contains `path_contains`, if given)."""
+        self._held_paths = path_contains
         self._open.clear()
 
     def open_gate(self) -> None:

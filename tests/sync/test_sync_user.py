@@ -6,16 +6,21 @@ import io
 import os
 import subprocess
 import sys
+import threading
 import uuid
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
+from rest_framework.test import APIClient
 
 from calendars.models import Event
 from sync import services
 from sync.models import SyncRun
 from tests.factories import make_account, make_user
 from tests.support.caldav_servers import vevent
+from tests.support.gated_proxy import GatedProxy
+from tests.support.polling import wait_for
 from tests.support.ports import free_port
 from tests.support.workers import ROOT, database_url
 
@@ -140,3 +145,63 @@ def test_unreachable_broker_exits_non_zero_and_queues_nothing():
     assert "--inline" in proc.stderr
     assert "guest:guest" not in proc.stderr  # the broker URL is shown without its password
     assert not SyncRun.objects.filter(account__owner=user).exists()
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_progress_is_recorded_while_the_run_works(radicale, worker):
+    """Calendars done / total and events processed move during the run (API, CLI), not at its
+    end: the second calendar's listing is held until the first calendar's progress is seen."""
+    prefix = uuid.uuid4().hex[:8]
+    first, second = f"{prefix}-a", f"{prefix}-b"
+    radicale.make_calendar(first, display_name="A first")
+    radicale.make_calendar(second, display_name="B second")
+    for i in range(3):
+        radicale.put(first, f"p{i}.ics", vevent(f"p{i}-{first}@example.com"))
+    for i in range(2):
+        radicale.put(second, f"q{i}.ics", vevent(f"q{i}-{second}@example.com"))
+    proxy = GatedProxy(radicale.base_url)
+    user = make_user("olga")
+    api = APIClient()
+    api.force_authenticate(user)
+    services.account_connect(
+        owner=user,
+        provider="caldav",
+        name="Two calendars",
+        url=proxy.url + "/",
+        username=radicale.user,
+        credentials={"password": "secret-password"},
+    )
+    seen = {}
+    out = io.StringIO()
+    halfway_line = "[############------------] 1/2 calendars, 3 events  running"
+
+    def watch_then_release():
+        try:
+
+            def halfway():
+                runs = api.get("/api/sync/").json()["results"]
+                return runs and runs[0]["progress"]["calendars_done"] == 1 and runs[0]
+
+            seen["run"] = wait_for(halfway, timeout=60, what="the first calendar to be done")
+            wait_for(lambda: halfway_line in out.getvalue(), timeout=10, what="the CLI to show it")
+        finally:
+            proxy.open_gate()
+            connection.close()
+
+    proxy.close_gate(path_contains=f"/{second}/")
+    releaser = threading.Thread(target=watch_then_release)
+    releaser.start()
+    try:
+        call_command("sync_user", "olga", "--wait", "--interval", "0.05", stdout=out)
+    finally:
+        releaser.join(timeout=90)
+        proxy.stop()
+        for name in (first, second):
+            radicale.delete_calendar(name)
+
+    halfway = seen["run"]
+    assert halfway["state"] == "running"
+    assert halfway["progress"] == {"calendars_done": 1, "calendars_total": 2, "events_processed": 3}
+    assert halfway_line in out.getvalue()
+    assert "[########################] 2/2 calendars, 5 events  succeeded" in out.getvalue()
