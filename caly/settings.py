@@ -157,6 +157,12 @@ CALY_ENCRYPTION_KEYS = env.list("CALY_ENCRYPTION_KEY", default=[]) or [
 ]
 CALY_ALLOW_PRIVATE_URLS = env.bool("CALY_ALLOW_PRIVATE_URLS", default=False)
 CALY_HTTP_TIMEOUT = env.float("CALY_HTTP_TIMEOUT", default=30.0)
+# The timeout above bounds each wait for a packet; these bound one whole response, so a server
+# that trickles or streams forever cannot hold a worker: the time spent waiting for its body,
+# its size when read into memory, and its size when parsed as it streams in.
+CALY_HTTP_DEADLINE_SECONDS = env.float("CALY_HTTP_DEADLINE_SECONDS", default=300.0)
+CALY_HTTP_MAX_RESPONSE_BYTES = env.int("CALY_HTTP_MAX_RESPONSE_BYTES", default=32 * 2**20)
+CALY_HTTP_MAX_STREAMED_BYTES = env.int("CALY_HTTP_MAX_STREAMED_BYTES", default=256 * 2**20)
 CALY_WORKER_PROCESSES = env.int("CALY_WORKER_PROCESSES", default=2)
 CALY_WORKER_THREADS = env.int("CALY_WORKER_THREADS", default=8)
 CALY_RESYNC_MINUTES = env.int("CALY_RESYNC_MINUTES", default=15)

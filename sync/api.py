@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from calendars import selectors as calendar_selectors
 from calendars.api import int_param
 from calendars.models import Account
-from sync import selectors, services
+from sync import netguard, selectors, services
 from sync.models import SyncRun
 from sync.providers.base import AuthError, ProviderError
 
@@ -43,7 +43,13 @@ class AccountSerializer(serializers.ModelSerializer):
 class AccountCreateSerializer(serializers.Serializer):
     provider = serializers.ChoiceField(choices=Account.Provider.choices)
     name = serializers.CharField(max_length=200)
-    url = serializers.URLField(max_length=2000, required=False, allow_blank=True, default="")
+    url = serializers.URLField(
+        max_length=2000,
+        required=False,
+        allow_blank=True,
+        default="",
+        validators=[netguard.validate_url],
+    )
     username = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
     password = serializers.CharField(
         max_length=1000,

@@ -5,6 +5,8 @@ import threading
 import niquests
 from django.conf import settings
 
+from sync import netguard
+
 USER_AGENT = "Caly/1.0 (calendar sync)"
 
 _lock = threading.Lock()
@@ -14,8 +16,9 @@ _pool_size = 10
 
 def _new_session(pool_size: int) -> niquests.Session:
     # Cookies are refused: the session is shared by all accounts, and one user's server session
-    # must never ride along with another user's requests.
-    return niquests.Session(
+    # must never ride along with another user's requests. The guarded session refuses private
+    # addresses (every redirect and connection) and oversized or endless responses.
+    return netguard.GuardedSession(
         pool_connections=pool_size,
         pool_maxsize=pool_size,
         timeout=settings.CALY_HTTP_TIMEOUT,
