@@ -14,6 +14,15 @@ app.autodiscover_tasks()
 logger = logging.getLogger("caly.worker")
 
 
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def scrub_worker_logs(logger=None, **kwargs):
+    """Celery replaces the logging handlers in a worker; give its handlers the secret filter."""
+    from caly.scrub import install_filter
+
+    install_filter(logger)
+
+
 @signals.worker_init.connect
 def open_shared_resources(sender=None, **kwargs):
     """Open the HTTP pool the provider clients share, sized to this worker's slots."""

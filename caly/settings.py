@@ -115,7 +115,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Every record is scrubbed of credentials and capped in length (caly/scrub.py); Celery
+    # workers put the same filter on their own handlers (caly/celery.py).
+    "filters": {"scrub": {"()": "caly.scrub.ScrubFilter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["scrub"]}
+    },
     "root": {"handlers": ["console"], "level": env.str("CALY_LOG_LEVEL", default="INFO")},
     "loggers": {
         # python-caldav logs request bodies and URLs at DEBUG; never let them through.

@@ -11,6 +11,8 @@ import datetime as dt
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+from caly.scrub import scrub
+
 
 @dataclass(frozen=True)
 class RemoteCalendar:
@@ -80,6 +82,10 @@ class ChangeBatch:
 
 class ProviderError(Exception):
     """A sync could not be done; the message is readable and carries no credentials."""
+
+    def __str__(self) -> str:
+        # Messages quote URLs and library errors; whatever those carry, no credential gets out.
+        return scrub(super().__str__())
 
 
 class TransientError(ProviderError):

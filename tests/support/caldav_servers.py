@@ -62,10 +62,11 @@ class CalDAVServer:
     home_path: str
     process: subprocess.Popen
     data_dir: Path
+    password: str = "secret-password"
     session: requests.Session = field(default_factory=requests.Session)
 
     def __post_init__(self):
-        self.session.auth = (self.user, "secret-password")
+        self.session.auth = (self.user, self.password)
 
     @property
     def home_url(self) -> str:
@@ -121,23 +122,38 @@ def _wait_until_serving(url: str, process: subprocess.Popen, auth=None) -> None:
     wait_for(up, timeout=30, what=f"CalDAV server at {url}")
 
 
-def start_radicale(user: str = "alice") -> CalDAVServer:
+def start_radicale(user: str = "alice", password: str | None = None) -> CalDAVServer:
+    """Radicale without auth; with `password`, only `user` with that password gets in.
+
+    The password lives in `data_dir / "htpasswd"` (plain text), re-read on every request, so a
+    test can change it while the server runs.
+    """
     data = Path(tempfile.mkdtemp(prefix="caly-radicale-"))
     port = free_port()
     config = data / "config"
+    auth = "type = none"
+    if password is not None:
+        (data / "htpasswd").write_text(f"{user}:{password}\n")
+        auth = "\n".join(
+            [
+                "type = htpasswd",
+                f"htpasswd_filename = {data / 'htpasswd'}",
+                "htpasswd_encryption = plain",
+            ]
+        )
     config.write_text(
         textwrap.dedent(
             f"""\
             [server]
             hosts = 127.0.0.1:{port}
             [auth]
-            type = none
+            {{auth}}
             [storage]
             filesystem_folder = {data / "collections"}
             [logging]
             level = warning
             """
-        )
+        ).replace("{auth}", auth)
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "radicale", "-C", str(config)],
@@ -146,7 +162,9 @@ def start_radicale(user: str = "alice") -> CalDAVServer:
     )
     base = f"http://127.0.0.1:{port}"
     _wait_until_serving(base + "/", process, auth=(user, "x"))
-    return CalDAVServer("radicale", base, user, f"/{user}/", process, data)
+    return CalDAVServer(
+        "radicale", base, user, f"/{user}/", process, data, password or "secret-password"
+    )
 
 
 def start_xandikos() -> CalDAVServer:
