@@ -59,7 +59,10 @@ def datetime_param(request, name: str):
     value = request.query_params.get(name)
     if value in (None, ""):
         return None
-    parsed = parse_datetime(value)
+    try:
+        parsed = parse_datetime(value)
+    except ValueError:  # well-formed but impossible, such as month 13
+        parsed = None
     if parsed is None or parsed.tzinfo is None:
         raise ValidationError({name: ["An ISO 8601 date-time with an offset is required."]})
     return parsed

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import environ
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Exchange, Queue
 
@@ -145,7 +146,16 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 100,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "caly.api.exception_handler",
+    # Only POST /api/accounts/ (contacts the user's server) and POST /api/sync/ (queues work)
+    # are limited, per user; the views name their scope.
+    "DEFAULT_THROTTLE_CLASSES": ["caly.throttling.PostRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "account_connect": env.str("CALY_THROTTLE_ACCOUNTS", default="30/minute"),
+        "sync_request": env.str("CALY_THROTTLE_SYNC", default="120/minute"),
+    },
 }
+# Throttle counts live here: per process unless CALY_CACHE_URL names a shared cache.
+CACHES = {"default": env.cache_url("CALY_CACHE_URL", default="locmemcache://")}
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Caly API",
@@ -160,6 +170,14 @@ SPECTACULAR_SETTINGS = {
 CALY_ENCRYPTION_KEYS = env.list("CALY_ENCRYPTION_KEY", default=[]) or [
     _required_secret("CALY_ENCRYPTION_KEY", "ZGV2ZWxvcG1lbnQtb25seS1rZXktMzItYnl0ZXMhISE=")
 ]
+try:
+    [Fernet(key.encode()) for key in CALY_ENCRYPTION_KEYS]
+except ValueError:
+    # Refuse to start rather than fail on the first account; never echo the value.
+    raise ImproperlyConfigured(
+        "CALY_ENCRYPTION_KEY must be one or more comma-separated Fernet keys (make one with: "
+        'python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())")'
+    ) from None
 CALY_ALLOW_PRIVATE_URLS = env.bool("CALY_ALLOW_PRIVATE_URLS", default=False)
 CALY_HTTP_TIMEOUT = env.float("CALY_HTTP_TIMEOUT", default=30.0)
 # The timeout above bounds each wait for a packet; these bound one whole response, so a server

@@ -19,3 +19,7 @@ urlpatterns = [
     path("api/", include(router.urls)),
     path("", include("sync.urls")),
 ]
+
+# Under /api/ even a wrong URL or a crash answers JSON.
+handler404 = "caly.api.page_not_found"
+handler500 = "caly.api.server_error"

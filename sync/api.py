@@ -111,6 +111,7 @@ class AccountViewSet(
     serializer_class = AccountSerializer
     # The model, for the schema generator (it has no user to scope get_queryset to).
     queryset = Account.objects.none()
+    throttle_scope = "account_connect"
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
     def get_queryset(self):
@@ -213,6 +214,7 @@ class SyncRequestSerializer(serializers.Serializer):
 class SyncViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = SyncRunSerializer
     queryset = SyncRun.objects.none()
+    throttle_scope = "sync_request"
 
     def get_queryset(self):
         state = self.request.query_params.get("state") or None
