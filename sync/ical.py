@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 import warnings
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -198,15 +199,235 @@ def default_zone_for(name: str) -> dt.tzinfo:
 
 
 def parse_object(raw: str, *, default_timezone: str = "") -> tuple[RemoteEvent, ...]:
-    """Every VEVENT of one calendar object; raises MalformedObject if it cannot be read."""
+    """Every VEVENT of one calendar object; raises MalformedObject if it cannot be read.
+
+    Plain objects (IANA/Windows/UTC/floating times, no custom VTIMEZONE, no PERIOD values) are
+    read by a small line reader several times faster than icalendar; anything it is not sure
+    about goes through icalendar, which also decides what is malformed. Both give the same
+    result (tests/sync/test_ical.py compares them).
+    """
+    default_zone = default_zone_for(default_timezone)
+    try:
+        return _parse_plain(raw, default_zone)
+    except _NotPlain:
+        return parse_object_with_icalendar(raw, default_zone=default_zone)
+
+
+def parse_object_with_icalendar(
+    raw: str, *, default_zone: dt.tzinfo = UTC
+) -> tuple[RemoteEvent, ...]:
+    """The reference reading of an object, through icalendar."""
     try:
         with warnings.catch_warnings():
             # Guessing `/vendor/…/Europe/Berlin` is exactly what Caly wants; no warning per event.
             warnings.simplefilter("ignore")
             calendar = icalendar.Calendar.from_ical(raw)
-            zones = Zones(calendar, default_zone_for(default_timezone))
+            zones = Zones(calendar, default_zone)
             return tuple(event_from_component(c, zones=zones) for c in calendar.walk("VEVENT"))
     except MalformedObject:
         raise
     except Exception as exc:  # icalendar raises ValueError, KeyError, TypeError… on bad input
         raise MalformedObject(f"unreadable iCalendar: {exc}") from exc
+
+
+# --- the plain-object reader --------------------------------------------------------------
+class _NotPlain(Exception):
+    """Leave this object to icalendar."""
+
+
+_WANTED = frozenset(
+    {
+        "UID",
+        "DTSTART",
+        "DTEND",
+        "DURATION",
+        "RECURRENCE-ID",
+        "RRULE",
+        "RDATE",
+        "EXDATE",
+        "SUMMARY",
+        "DESCRIPTION",
+        "LOCATION",
+        "STATUS",
+        "LAST-MODIFIED",
+    }
+)
+_UNESCAPE = re.compile(r"\\([\\;,nN])")
+
+
+def _unescape(value: str) -> str:
+    if "\\" not in value:
+        return value
+    return _UNESCAPE.sub(lambda m: "\n" if m.group(1) in "nN" else m.group(1), value)
+
+
+def _split_line(line: str) -> tuple[str, dict[str, str], str]:
+    head, sep, value = line.partition(":")
+    if not sep or '"' in head:
+        raise _NotPlain  # quoted parameters may hide ':' or ';'
+    name, *params = head.split(";")
+    parsed = {}
+    for param in params:
+        key, eq, param_value = param.partition("=")
+        if not eq:
+            raise _NotPlain
+        parsed[key.upper()] = param_value
+    return name.upper(), parsed, value
+
+
+def _plain_time(value: str, params: dict[str, str], default: dt.tzinfo):
+    """(local value, zone name) as `_localize` gives them, or _NotPlain."""
+    kind = params.get("VALUE", "").upper()
+    if kind == "DATE" or (not kind and len(value) == 8):
+        if len(value) != 8 or not value.isdigit():
+            raise _NotPlain
+        return dt.date(int(value[:4]), int(value[4:6]), int(value[6:])), ""
+    if kind not in ("", "DATE-TIME") or len(value) not in (15, 16) or value[8] != "T":
+        raise _NotPlain
+    digits = value[:8] + value[9:15]
+    if not digits.isdigit() or (len(value) == 16 and value[15] != "Z"):
+        raise _NotPlain
+    wall = dt.datetime(
+        int(digits[:4]),
+        int(digits[4:6]),
+        int(digits[6:8]),
+        int(digits[8:10]),
+        int(digits[10:12]),
+        int(digits[12:14]),
+    )
+    tzid = params.get("TZID")
+    if tzid:
+        zone = iana_zone(tzid)
+        if zone is None:
+            raise _NotPlain  # a custom VTIMEZONE, or a name only icalendar may know
+        return wall.replace(tzinfo=zone), zone.key
+    if len(value) == 16:
+        return wall.replace(tzinfo=UTC), "UTC"
+    return wall, ""
+
+
+def _plain_event(props: dict[str, list], default: dt.tzinfo) -> RemoteEvent:
+    def first(name: str):
+        values = props.get(name)
+        return values[0] if values else None
+
+    def text(name: str) -> str:
+        found = first(name)
+        return _unescape(found[1]) if found is not None else ""
+
+    uid = text("UID").strip()
+    dtstart = first("DTSTART")
+    if not uid or dtstart is None:
+        raise _NotPlain
+    start_local, zone_name = _plain_time(dtstart[1], dtstart[0], default)
+    all_day = not isinstance(start_local, dt.datetime)
+    start = as_instant(start_local, default_zone=default)
+    dtend, duration = first("DTEND"), first("DURATION")
+    if dtend is not None:
+        end = as_instant(_plain_time(dtend[1], dtend[0], default)[0], default_zone=default)
+    elif duration is not None:
+        delta = icalendar.vDuration.from_ical(duration[1])
+        if all_day:
+            end = start + delta
+        else:
+            local = start_local if start_local.tzinfo else start_local.replace(tzinfo=default)
+            end = (local + delta).astimezone(UTC)
+    else:
+        end = start + (dt.timedelta(days=1) if all_day else dt.timedelta(0))
+    rid = first("RECURRENCE-ID")
+    recurrence_id = ""
+    if rid is not None:
+        if "RANGE" in rid[0]:
+            raise _NotPlain
+        rid_local = _plain_time(rid[1], rid[0], default)[0]
+        recurrence_id = recurrence_key(as_instant(rid_local, default_zone=default))
+    rrule = first("RRULE")
+    last_modified = first("LAST-MODIFIED")
+
+    def dates(name: str) -> tuple[str, ...]:
+        keys = []
+        for params, value in props.get(name, ()):
+            for item in value.split(","):
+                local = _plain_time(item.strip(), params, default)[0]
+                keys.append(recurrence_key(as_instant(local, default_zone=default)))
+        return tuple(keys)
+
+    return RemoteEvent(
+        uid=uid,
+        recurrence_id=recurrence_id,
+        summary=text("SUMMARY"),
+        description=text("DESCRIPTION"),
+        location=text("LOCATION"),
+        start=start,
+        end=end,
+        all_day=all_day,
+        timezone="" if all_day else zone_name,
+        status=text("STATUS").upper(),
+        rrule=icalendar.vRecur.from_ical(rrule[1]).to_ical().decode() if rrule else "",
+        rdate=dates("RDATE"),
+        exdate=dates("EXDATE"),
+        last_modified=(
+            as_instant(_plain_time(last_modified[1], last_modified[0], UTC)[0])
+            if last_modified is not None
+            else None
+        ),
+    )
+
+
+def _parse_plain(raw: str, default: dt.tzinfo) -> tuple[RemoteEvent, ...]:
+    text = raw.replace("\r\n", "\n").replace("\r", "\n")
+    lines = text.replace("\n ", "").replace("\n\t", "").split("\n")
+    stack: list[str] = []
+    events: list[dict[str, list]] = []
+    current: dict[str, list] | None = None
+    try:
+        calendars = 0
+        in_zone = False
+        for line in lines:
+            if not line:
+                continue
+            if in_zone:
+                # A VTIMEZONE for a zone Caly knows by name is not needed (the name wins, as
+                # in Zones.resolve); a custom one is icalendar's to build.
+                upper = line.upper()
+                if upper.startswith("TZID:") and iana_zone(line[5:]) is None:
+                    raise _NotPlain
+                if upper.startswith("TZID;"):
+                    raise _NotPlain
+                if upper.startswith("END:VTIMEZONE"):
+                    in_zone = False
+                continue
+            if line[:6].upper() == "BEGIN:":
+                component = line[6:].strip().upper()
+                if component == "VTIMEZONE" and stack == ["VCALENDAR"]:
+                    in_zone = True
+                    continue
+                if component == "VTIMEZONE" or (not stack and component != "VCALENDAR"):
+                    raise _NotPlain
+                if not stack:
+                    calendars += 1
+                    if calendars > 1:
+                        raise _NotPlain
+                stack.append(component)
+                if component == "VEVENT" and stack == ["VCALENDAR", "VEVENT"]:
+                    current = {}
+                continue
+            if line[:4].upper() == "END:":
+                if not stack or stack.pop() != line[4:].strip().upper():
+                    raise _NotPlain
+                if current is not None and len(stack) == 1:
+                    events.append(current)
+                    current = None
+                continue
+            if not stack:
+                raise _NotPlain  # text outside any component
+            if current is None or len(stack) != 2:
+                continue  # calendar properties, alarms: nothing Caly reads
+            name, params, value = _split_line(line)
+            if name in _WANTED:
+                current.setdefault(name, []).append((params, value))
+        if stack or not lines or not text.lstrip().upper().startswith("BEGIN:VCALENDAR"):
+            raise _NotPlain
+        return tuple(_plain_event(props, default) for props in events)
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError) as exc:
+        raise _NotPlain from exc

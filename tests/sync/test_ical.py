@@ -128,7 +128,9 @@ def test_recurrence_fields_of_master_and_override():
 def test_non_ascii_and_long_text_survive():
     description = "Überprüfung — 会議 ✓ " * 5000
     event = one(
-        calendar(vevent("DTSTART:20260105T090000Z", "SUMMARY:Café ☕", f"DESCRIPTION:{description}"))
+        calendar(
+            vevent("DTSTART:20260105T090000Z", "SUMMARY:Café ☕", f"DESCRIPTION:{description}")
+        )
     )
     assert event.summary == "Café ☕"
     assert event.description == description
@@ -151,3 +153,71 @@ def test_malformed_objects_raise_with_a_reason(raw, reason):
 def test_objects_without_events_give_nothing():
     todo = "BEGIN:VTODO\r\nUID:t@example.com\r\nDTSTAMP:20260101T000000Z\r\nEND:VTODO\r\n"
     assert parse_object(calendar(todo)) == ()
+
+
+# --- the fast reader and icalendar agree --------------------------------------------------
+CORPUS = [
+    calendar(vevent("DTSTART:20260105T090000Z", "DTEND:20260105T100000Z", "SUMMARY:a\\, b\\nc")),
+    calendar(vevent("DTSTART;TZID=Europe/Berlin:20260705T090000", "DURATION:PT1H30M")),
+    calendar(vevent('DTSTART;TZID="W. Europe Standard Time":20260705T090000')),
+    calendar(vevent("DTSTART;TZID=W. Europe Standard Time:20260705T090000", "DURATION:P1D")),
+    calendar(vevent("DTSTART;VALUE=DATE:20260105", "RRULE:COUNT=3;FREQ=DAILY")),
+    calendar(vevent("DTSTART:20260105T090000", "EXDATE:20260106T090000,20260107T090000")),
+    calendar(
+        vevent(
+            "DTSTART;TZID=America/New_York:20260105T090000",
+            "RRULE:FREQ=WEEKLY;BYDAY=MO,WE;UNTIL=20260301T000000Z",
+            "EXDATE;TZID=America/New_York:20260107T090000",
+            "RDATE;VALUE=DATE-TIME:20260110T120000Z",
+            "LAST-MODIFIED:20260102T030405Z",
+            "STATUS:confirmed",
+            "LOCATION:Room \\; 1",
+            "BEGIN:VALARM",
+            "TRIGGER:-PT15M",
+            "DESCRIPTION:not the event's",
+            "END:VALARM",
+            "DESCRIPTION:the event's",
+        )
+    ),
+    calendar(CUSTOM_ZONE, vevent("DTSTART;TZID=Office Time:20260105T090000")),
+    # A VTIMEZONE for an IANA name, as servers attach to each object (the name wins).
+    calendar(
+        CUSTOM_ZONE.replace("Office Time", "Europe/Berlin"),
+        vevent("DTSTART;TZID=Europe/Berlin:20260705T090000"),
+    ),
+    calendar(vevent("DTSTART;VALUE=DATE:20260105"), vevent("DTSTART:20260106T000000Z", uid="2")),
+    calendar(vevent("RECURRENCE-ID:20260106T090000Z", "DTSTART:20260106T150000Z")),
+    calendar(vevent("DTSTART;VALUE=PERIOD:20260105T090000Z/PT1H")),
+    calendar(
+        "BEGIN:VEVENT\r\nUID:folded@exam\r\n ple.com\r\nDTSTART:20260105T090000Z\r\n"
+        "SUMMARY:long line folded \r\n\tacross lines\r\nEND:VEVENT\r\n"
+    ),
+    calendar(vevent("DTSTART:20260105T090000Z", "SUMMARY;LANGUAGE=de:Grüße")),
+    calendar(vevent("DTSTART:20261399T090000Z")),
+    calendar(vevent("SUMMARY:no start")),
+    "this is not iCalendar",
+]
+
+
+@pytest.mark.parametrize("raw", CORPUS)
+@pytest.mark.parametrize("zone", ["", "Asia/Tokyo"])
+def test_fast_reader_agrees_with_icalendar(raw, zone):
+    from sync.ical import default_zone_for, parse_object_with_icalendar
+
+    try:
+        expected = parse_object_with_icalendar(raw, default_zone=default_zone_for(zone))
+    except MalformedObject:
+        with pytest.raises(MalformedObject):
+            parse_object(raw, default_timezone=zone)
+        return
+    assert parse_object(raw, default_timezone=zone) == expected
+
+
+def test_fast_reader_takes_plain_objects():
+    from sync.ical import UTC as utc
+    from sync.ical import _parse_plain
+
+    # Quoted parameters and custom VTIMEZONEs are left to icalendar; the rest is read directly.
+    plain = [r for r in CORPUS[:7] if '"' not in r] + [CORPUS[8]]
+    for raw in plain:
+        assert _parse_plain(raw, utc)
