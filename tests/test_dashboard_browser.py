@@ -25,8 +25,14 @@ from tests.factories import make_user
 from tests.support.caldav_servers import vevent
 from tests.support.gated_proxy import GatedProxy
 from tests.support.polling import wait_for
+from tests.support.schedules import beat_schedule  # noqa: F401 (fixture)
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+# The page reads the resync schedule (`beat_schedule`).
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("beat_schedule"),
+]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

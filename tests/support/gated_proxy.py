@@ -28,7 +28,9 @@ class GatedProxy:
         self.upstream = upstream.rstrip("/")
         self._open = threading.Event()
         self._open.set()
-        self._held_paths = ""  # hold only REPORTs whose path contains this ("" = all)
+        # With `except_first`, REPORTs to the first collection that gets one pass the gate.
+        self._except_first = False
+        self._first_collection: str | None = None
         self._lock = threading.Lock()
         self.held = 0  # REPORT requests that have arrived while the gate was closed
         self.session = requests.Session()
@@ -40,10 +42,15 @@ class GatedProxy:
             def forward(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                held = proxy._held_paths in self.path
-                if self.command == "REPORT" and held and not proxy._open.is_set():
+                if self.command == "REPORT" and not proxy._open.is_set():
                     with proxy._lock:
-                        proxy.held += 1
+                        if proxy._first_collection is None:
+                            proxy._first_collection = self.path
+                        hold = not (proxy._except_first and self.path == proxy._first_collection)
+                        proxy.held += hold
+                else:
+                    hold = False
+                if hold:
                     proxy._open.wait(timeout=60)
                 upstream = proxy.session.request(
                     self.command,
@@ -78,9 +85,11 @@ class GatedProxy:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def close_gate(self, path_contains: str = "") -> None:
-        """Hold REPORT requests (only those whose path contains `path_contains`, if given)."""
-        self._held_paths = path_contains
+    def close_gate(self, *, except_first: bool = False) -> None:
+        """Hold REPORT requests: all of them, or all but those to the first calendar listed
+        (a sync goes through its calendars one by one)."""
+        self._except_first = except_first
+        self._first_collection = None
         self._open.clear()
 
     def open_gate(self) -> None:

@@ -113,7 +113,7 @@ def test_accounts_and_calendars_show_status_errors_and_counts(admin_client):
     assert re.search(r'class="field-event_count">2<', calendars.text)
 
 
-@pytest.mark.django_db(serialized_rollback=True)
+@pytest.mark.django_db  # runs before any transactional test flushes the migration's rows
 def test_beat_schedules_are_in_the_admin(admin_client):
     page = admin_client.get("/admin/django_celery_beat/periodictask/")
     assert page.status_code == 200

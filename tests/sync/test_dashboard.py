@@ -82,7 +82,6 @@ def test_each_status_says_what_to_do(settings):
     assert "every 15 minutes" in html
 
 
-@pytest.mark.django_db(serialized_rollback=True)
 def test_switching_off_the_periodic_task_shows_on_the_dashboard():
     from django_celery_beat.models import PeriodicTask
 

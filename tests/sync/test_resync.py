@@ -22,6 +22,7 @@ from tests.factories import make_account, make_user
 from tests.support.beat import start_beat
 from tests.support.caldav_servers import vevent
 from tests.support.polling import wait_for
+from tests.support.schedules import beat_schedule  # noqa: F401 (fixture)
 
 NOW = dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC)
 
@@ -93,7 +94,8 @@ def test_a_tick_queues_at_most_its_share_so_a_backlog_is_spread(settings):
     assert services.resync_batch_size(active_accounts=3) == 10
 
 
-@pytest.mark.django_db(serialized_rollback=True)
+# A plain `db` test runs before any transactional test has flushed what the migrations wrote.
+@pytest.mark.django_db
 def test_migration_installs_editable_schedules():
     resync = PeriodicTask.objects.get(task="sync.resync_stale")
     assert resync.name == "Resync stale accounts"
@@ -130,7 +132,8 @@ def work_calendar(radicale):
 
 
 @pytest.mark.integration
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("beat_schedule")
 def test_beat_resyncs_stale_accounts_through_the_worker(radicale, work_calendar, worker):
     owner = make_user("resync-owner")
 
