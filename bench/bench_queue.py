@@ -79,6 +79,9 @@ class Fleet:
         replies = command(settings.CALY_SYNC_QUEUE, destination=names, reply=True, timeout=10)
         assert len(replies) == len(names), replies
 
+    def pids(self) -> list[int]:
+        return [w.pid for w in self.workers]
+
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
@@ -124,6 +127,28 @@ class ConnectionPeak(threading.Thread):
         self._halt.set()
         self.join()
         return self.peak
+
+
+def cpu_seconds(pids) -> float:
+    """User + system CPU time of these processes so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def database_backends() -> list[int]:
+    """PostgreSQL server processes serving the benchmark database (the workers' connections)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid()"
+        )
+        return [row[0] for row in cursor.fetchall()]
 
 
 def make_accounts(owner, count: int, **behaviour) -> list[Account]:
@@ -193,9 +218,7 @@ def chart(runs: list[SyncRun], path: Path) -> None:
     ax.scatter(x, y, s=8, color="tab:blue", label="sync run")
     ax.set_xlabel("request position (arrival order)")
     ax.set_ylabel("start position")
-    ax.set_title(
-        f"Start order: {len(runs)} accounts, provider 100 ms/request, {W} processes x {T} threads"
-    )
+    ax.set_title(f"Start order of {len(runs)} syncs (100 ms/request), {W} x {T} slots")
     ax.legend(loc="upper left")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
@@ -227,9 +250,13 @@ def main() -> None:
         wait_terminal(warm)
         fleet.consume(False)
         run_ids = request_all(accounts)
+        backends = database_backends()  # the worker threads' connections, kept from the warm-up
+        workers_cpu, database_cpu = cpu_seconds(fleet.pids()), cpu_seconds(backends)
         fleet.consume(True)
         caly_seconds = depth.drain_seconds(N_RUNS)
         runs = wait_terminal(run_ids)
+        workers_cpu = cpu_seconds(fleet.pids()) - workers_cpu
+        database_cpu = cpu_seconds(backends) - database_cpu
         assert {r.state for r in runs} == {"succeeded"}, "some benchmark syncs failed"
         assert sum(r.created + r.updated + r.deleted for r in runs) == 0
         figures["caly_runs_per_s"] = N_RUNS / caly_seconds
@@ -237,6 +264,8 @@ def main() -> None:
         figures["caly_runs_per_s_first_start_to_last_finish"] = N_RUNS / span.total_seconds()
         figures["caly_to_noop_ratio"] = figures["caly_runs_per_s"] / figures["noop_tasks_per_s"]
         figures["max_displacement_no_change_runs"] = max_start_displacement(runs)
+        figures["cpu_ms_per_run_workers"] = workers_cpu / N_RUNS * 1000
+        figures["cpu_ms_per_run_database"] = database_cpu / N_RUNS * 1000
 
         # 3. Request -> start latency at half the measured capacity (consumers on).
         rate = figures["caly_runs_per_s"] / 2

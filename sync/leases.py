@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
+from django.db.models import Subquery
 from django.utils import timezone
 
 from sync.models import SyncLease, SyncRun
@@ -73,11 +74,16 @@ def run_claim(
     `received_at` is when the worker slot took the message: the run's start, as far as the
     start-order promise goes (the claim itself may wait for the database).
     """
-    account_id = SyncRun.objects.filter(pk=run_id).values_list("account_id", flat=True).first()
-    if account_id is None:
-        return Claim("done")
     now = timezone.now()
-    lease = lease_lock(account_id)
+    account_of_run = SyncRun.objects.filter(pk=run_id).values("account_id")[:1]
+    lease = (
+        SyncLease.objects.select_for_update().filter(account_id=Subquery(account_of_run)).first()
+    )
+    if lease is None:  # the account's first sync, or the run is gone
+        account_id = account_of_run.values_list("account_id", flat=True).first()
+        if account_id is None:
+            return Claim("done")
+        lease = lease_lock(account_id)
     run = SyncRun.objects.select_for_update().filter(pk=run_id).first()
     if run is None or run.state in SyncRun.TERMINAL_STATES:
         return Claim("done", run)

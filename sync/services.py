@@ -338,7 +338,6 @@ class DeadlineExceeded(TransientError):
 
 def _execute(run: SyncRun, *, heartbeat: LeaseHeartbeat) -> str:
     """Sync the run's account; returns "done", "retry" (queued again) or "hand_back"."""
-    account_id = run.account_id
     counts = Counts()
     deadline = time.monotonic() + settings.CALY_SYNC_DEADLINE_SECONDS
     try:
@@ -348,22 +347,18 @@ def _execute(run: SyncRun, *, heartbeat: LeaseHeartbeat) -> str:
     except TransientError as exc:
         return _retry_or_fail(run, counts, exc)
     except AuthError as exc:
-        Account.objects.filter(pk=account_id).update(
-            status=Account.Status.NEEDS_REAUTH, last_error=str(exc)
-        )
-        _finish(run, counts, state=SyncRun.State.FAILED, error=str(exc))
+        account = {"status": Account.Status.NEEDS_REAUTH, "last_error": str(exc)}
+        _finish(run, counts, state=SyncRun.State.FAILED, error=str(exc), account=account)
     except ProviderError as exc:
-        Account.objects.filter(pk=account_id).update(last_error=str(exc))
-        _finish(run, counts, state=SyncRun.State.FAILED, error=str(exc))
+        account = {"last_error": str(exc)}
+        _finish(run, counts, state=SyncRun.State.FAILED, error=str(exc), account=account)
     except Exception as exc:
         logger.exception("sync run %s failed", run.pk)
         error = f"Internal error while syncing ({type(exc).__name__}); the team has the details."
-        Account.objects.filter(pk=account_id).update(last_error=error)
-        _finish(run, counts, state=SyncRun.State.FAILED, error=error)
+        _finish(run, counts, state=SyncRun.State.FAILED, error=error, account={"last_error": error})
     else:
-        now = timezone.now()
-        Account.objects.filter(pk=account_id).update(last_synced_at=now, last_error="")
-        _finish(run, counts, state=SyncRun.State.SUCCEEDED, error="")
+        account = {"last_synced_at": timezone.now(), "last_error": ""}
+        _finish(run, counts, state=SyncRun.State.SUCCEEDED, error="", account=account)
     return "done"
 
 
@@ -417,8 +412,7 @@ def _retry_or_fail(run: SyncRun, counts: Counts, exc: TransientError) -> str:
                     Q(retry_at=None) | Q(retry_at__lt=retry_at)
                 ).update(retry_at=retry_at)
                 error = f"{exc} Sync #{follow_up.pk} tries again in {delay} s."
-    Account.objects.filter(pk=run.account_id).update(last_error=str(exc))
-    _finish(run, counts, state=SyncRun.State.FAILED, error=error)
+    _finish(run, counts, state=SyncRun.State.FAILED, error=error, account={"last_error": str(exc)})
     return "done"
 
 
@@ -434,7 +428,12 @@ def _hand_back(run: SyncRun, counts: Counts) -> str:
     return "hand_back"
 
 
-def _finish(run: SyncRun, counts: Counts, *, state: str, error: str) -> None:
+@transaction.atomic  # the run and its account in one commit
+def _finish(
+    run: SyncRun, counts: Counts, *, state: str, error: str, account: dict | None = None
+) -> None:
+    if account:
+        Account.objects.filter(pk=run.account_id).update(**account)
     SyncRun.objects.filter(pk=run.pk).update(
         state=state,
         finished_at=timezone.now(),
@@ -495,10 +494,13 @@ def _sync_calendar(
         plan = events_apply(calendar=calendar, batch=batch)
         counts.add(plan)
         processed = sum(len(o.events) for o in batch.objects) + len(batch.deleted_hrefs)
-        updates = {"events_processed": F("events_processed") + processed}
-        if any(counts.__dict__.values()):
-            updates.update(created=counts.created, updated=counts.updated, deleted=counts.deleted)
-        SyncRun.objects.filter(pk=run.pk).update(**updates)
+        if processed:  # an empty batch (nothing changed) has no progress to show
+            updates = {"events_processed": F("events_processed") + processed}
+            if any(counts.__dict__.values()):
+                updates.update(
+                    created=counts.created, updated=counts.updated, deleted=counts.deleted
+                )
+            SyncRun.objects.filter(pk=run.pk).update(**updates)
         if batch.skipped:
             _record_skipped(run, calendar, batch)
 

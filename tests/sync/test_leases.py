@@ -8,6 +8,10 @@ outage left behind is put back by the reaper (`sync.reap_stale_runs`).
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -20,6 +24,7 @@ from sync.models import SyncLease, SyncRun
 from sync.services import sync_request_account, sync_runs_reap
 from tests.support.polling import wait_for
 from tests.support.queue_lab import make_fake_accounts, wait_all_terminal
+from tests.support.workers import ROOT
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
@@ -154,3 +159,30 @@ def test_reaper_is_on_beats_schedule(db):
     entry = PeriodicTask.objects.get(name="sync.reap_stale_runs")
     assert entry.task == "sync.reap_stale_runs" and entry.enabled
     assert "sync.reap_stale_runs" in app.tasks
+
+
+def test_lease_and_queue_on_the_sqlite_default(lab, tmp_path):
+    """The same lifecycle on SQLite: worker threads and a requesting process share one file."""
+    database = f"sqlite:///{tmp_path / 'caly.sqlite3'}"
+    env = {**os.environ, **lab.env(), "DATABASE_URL": database}
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v0", "--no-input"], cwd=ROOT, env=env, check=True
+    )
+    lab.start_worker(threads=4, DATABASE_URL=database)
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.support.sqlite_scenario", "3"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+
+    assert result["states"] == ["succeeded"] * 6 and result["distinct_runs"] == 6, result
+    assert result["events"] == 3 * 3
+    assert result["reaper"] == {"requeued": [], "failed": [], "published": []}
+    log = lab.provider_log()
+    for key in result["keys"]:
+        assert [e["event"] for e in log if e["key"] == key] == ["start", "end", "start", "end"]
