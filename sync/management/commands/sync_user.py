@@ -205,7 +205,11 @@ class Watcher:
                 )
             else:
                 failed += 1
-                reason = run.error or f"it is still {run.state} (it needs a worker to finish)"
+                reason = run.error
+                if run.state not in SyncRun.TERMINAL_STATES:
+                    # A transient error in --inline mode: the run waits for a worker's retry.
+                    later = f" at {run.retry_at:%H:%M:%S}" if run.retry_at else ""
+                    reason = f"{reason + ' ' if reason else ''}(a worker retries it{later})"
                 self.out.write(f"Sync #{run.pk} of {run.account} {run.state}{took}: {reason}")
         return failed
 
