@@ -61,7 +61,6 @@ def test_retry_after_is_honoured_without_holding_the_only_slot(lab, user, api):
     )
     assert retried_at - failed_at >= 3 - 0.05  # Retry-After honoured (whole seconds, broker TTL)
     assert others_done < retried_at  # the one slot kept working meanwhile
-    assert others_done - failed_at < 3
 
 
 def test_retries_are_bounded(lab, user):
