@@ -221,3 +221,16 @@ def test_reconnecting_an_account_from_the_dashboard(browser, live_server, radica
     assert not notice.is_displayed()
     assert browser.find_element(By.CSS_SELECTOR, f"{row} .sync-now").is_enabled()
     assert Account.objects.get(pk=account.pk).credentials == {"password": "secret-password"}
+
+    # "Sync all" asks for every active account of the user, through the same endpoint.
+    browser.find_element(By.ID, "sync-all").click()
+    again = wait_for(
+        lambda: SyncRun.objects.filter(account=account).exclude(pk=run.pk).first(),
+        timeout=10,
+        what="the sync of all accounts",
+    )
+    wait_for(
+        lambda: shown_state(browser, again.pk) == "succeeded",
+        timeout=30,
+        what="the page to show it",
+    )
