@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import MD5
 from django.utils import timezone
@@ -539,37 +539,7 @@ def events_apply(*, calendar: Calendar, batch: ChangeBatch) -> Plan:
         )
     if plan.writes:
         now = timezone.now()
-        Event.objects.bulk_create(
-            [
-                Event(
-                    calendar=calendar,
-                    uid=w.event.uid,
-                    recurrence_id=w.event.recurrence_id,
-                    href=normalize_href(w.href),
-                    etag=w.etag,
-                    summary=w.event.summary,
-                    description=w.event.description,
-                    location=w.event.location,
-                    start=w.event.start,
-                    end=w.event.end,
-                    all_day=w.event.all_day,
-                    timezone=w.event.timezone,
-                    status=w.event.status,
-                    rrule=w.event.rrule,
-                    rdate=list(w.event.rdate),
-                    exdate=list(w.event.exdate),
-                    raw=w.raw,
-                    remote_last_modified=w.event.last_modified,
-                    created_at=now,
-                    updated_at=now,
-                )
-                for w in plan.writes
-            ],
-            update_conflicts=True,
-            unique_fields=["calendar", "uid", "recurrence_id"],
-            update_fields=list(EVENT_FIELDS),
-            batch_size=500,
-        )
+        _events_upsert(calendar, plan.writes, now=now)
     if batch.cursor is not None:
         Calendar.objects.filter(pk=calendar.pk).update(
             sync_token=batch.cursor.sync_token,
@@ -577,6 +547,72 @@ def events_apply(*, calendar: Calendar, batch: ChangeBatch) -> Plan:
             last_synced_at=timezone.now(),
         )
     return plan
+
+
+# Columns of an upsert, in order; the last ones are only set when a row is created.
+UPSERT_COLUMNS = ("calendar", "uid", "recurrence_id", *EVENT_FIELDS, "created_at")
+
+
+def _events_upsert(calendar: Calendar, writes, *, now) -> None:
+    """Insert or update events by (calendar, UID, RECURRENCE-ID), 500 rows a statement.
+
+    On PostgreSQL the statement is written here and sent with execute_values: Django's
+    bulk_create spends longer preparing twenty fields per row than the database takes to
+    store them, which made it the largest part of a big first sync.
+    """
+    values = [
+        {
+            "calendar": calendar.pk,
+            "uid": w.event.uid,
+            "recurrence_id": w.event.recurrence_id,
+            "href": normalize_href(w.href),
+            "etag": w.etag,
+            "summary": w.event.summary,
+            "description": w.event.description,
+            "location": w.event.location,
+            "start": w.event.start,
+            "end": w.event.end,
+            "all_day": w.event.all_day,
+            "timezone": w.event.timezone,
+            "status": w.event.status,
+            "rrule": w.event.rrule,
+            "rdate": list(w.event.rdate),
+            "exdate": list(w.event.exdate),
+            "raw": w.raw,
+            "remote_last_modified": w.event.last_modified,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for w in writes
+    ]
+    if connection.vendor != "postgresql":
+        Event.objects.bulk_create(
+            [
+                Event(**{("calendar_id" if k == "calendar" else k): v for k, v in row.items()})
+                for row in values
+            ],
+            update_conflicts=True,
+            unique_fields=["calendar", "uid", "recurrence_id"],
+            update_fields=list(EVENT_FIELDS),
+            batch_size=500,
+        )
+        return
+    from psycopg2.extras import Json, execute_values
+
+    quote = connection.ops.quote_name
+    column = {name: quote(Event._meta.get_field(name).column) for name in UPSERT_COLUMNS}
+    sql = (
+        f"INSERT INTO {quote(Event._meta.db_table)} "
+        f"({', '.join(column[n] for n in UPSERT_COLUMNS)}) VALUES %s "
+        f"ON CONFLICT ({column['calendar']}, {column['uid']}, {column['recurrence_id']}) "
+        f"DO UPDATE SET {', '.join(f'{column[n]} = EXCLUDED.{column[n]}' for n in EVENT_FIELDS)}"
+    )
+    rows = [
+        tuple(Json(row[n]) if n in ("rdate", "exdate") else row[n] for n in UPSERT_COLUMNS)
+        for row in values
+    ]
+    with connection.cursor() as cursor:
+        execute_values(cursor.cursor, sql, rows, page_size=500)
 
 
 # --- the reaper ---------------------------------------------------------------------------
