@@ -9,6 +9,12 @@ from calendars.models import Account
 from tests.factories import make_account, make_calendar
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # These tests make users by the dozen; the production hasher's cost is not what they test.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def _body(**overrides):
     return {"provider": "caldav", "name": "Home", "url": "http://127.0.0.1:9/", **overrides}
 

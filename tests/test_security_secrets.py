@@ -28,6 +28,12 @@ from tests.support.polling import wait_for
 PASSWORD = f"Caly-Secret-{uuid.uuid4().hex}"
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # These tests make users by the dozen; the production hasher's cost is not what they test.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 # --- scrubbing ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("text", "secret_part"),

@@ -21,6 +21,12 @@ from tests.support.hostile_server import HostileCalDAV
 STANDIN_PUBLIC = ipaddress.ip_address("127.0.0.2")
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # These tests make users by the dozen; the production hasher's cost is not what they test.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def guarded(settings, monkeypatch):
     """Production rules (no private URLs), with 127.0.0.2 playing a public address."""

@@ -18,6 +18,12 @@ from tests.factories import make_account, make_calendar, make_event, make_user
 MISSING = 2_000_000_000
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # These tests make users by the dozen; the production hasher's cost is not what they test.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def _objects(owner, name: str) -> dict:
     account = make_account(owner, name=f"{name}'s account", username=f"{name}-login")
     calendar = make_calendar(account, name=f"{name}'s calendar")

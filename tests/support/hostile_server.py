@@ -214,9 +214,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def _endless(self, fake):
+        # One calendar object whose text never ends.
         self._start_chunked()
-        self._chunk(b'<?xml version="1.0"?><d:multistatus xmlns:d="DAV:">')
-        block = b"<d:response><d:href>/x</d:href></d:response>" * 1000
+        self._chunk(
+            b'<?xml version="1.0"?><d:multistatus xmlns:d="DAV:" '
+            b'xmlns:c="urn:ietf:params:xml:ns:caldav"><d:response><d:href>/calendars/work/x.ics'
+            b"</d:href><d:propstat><d:prop><c:calendar-data>BEGIN:VCALENDAR\r\n"
+        )
+        block = b"X-FILLER:" + b"y" * 65000 + b"\r\n"
         while not fake.stopping.is_set():
             self._chunk(block)
 
