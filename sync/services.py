@@ -329,10 +329,10 @@ class HandBack(Exception):
 
 class DeadlineExceeded(TransientError):
     def __init__(self):
-        minutes = settings.CALY_SYNC_DEADLINE_SECONDS / 60
+        seconds = settings.CALY_SYNC_DEADLINE_SECONDS
+        limit = f"{seconds / 60:g} minutes" if seconds >= 120 else f"{seconds:g} s"
         super().__init__(
-            f"The sync took longer than {minutes:g} minutes; it continues where it stopped.",
-            retry_after=0,
+            f"The sync took longer than {limit}; it continues where it stopped.", retry_after=0
         )
 
 

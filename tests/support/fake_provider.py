@@ -6,7 +6,8 @@ accounts use provider "fake" and describe their behaviour in the URL query:
     http://fake.invalid/<key>?delay=0.05&batches=2&events=3&transient=1&retry_after=2
 
 - `delay`: seconds each request takes (discovery is one request, each batch of changes one);
-- `batches`: how many batches of changes a sync fetches; `events`: events in the calendar;
+- `events`: events in the calendar, fetched in `batches` batches (fewer when some are
+  already stored);
 - `transient`: the first N syncs of the account fail with a TransientError (429-like), with
   `retry_after` seconds as the server's Retry-After.
 
@@ -94,11 +95,13 @@ class FakeProvider(Provider):
         listed = {f"/{self.key}/cal/e{i}.ics": '"1"' for i in range(self.events)}
         wanted = [h for h, etag in listed.items() if known.get(h) != etag]
         gone = [h for h in known if h not in listed]
-        per_batch = -(-len(wanted) // self.batches) if wanted else 0
-        for n in range(self.batches):
+        # Like a real server: a full calendar takes `batches` requests, what is left fewer.
+        per_batch = max(-(-self.events // self.batches), 1)
+        batches = max(-(-len(wanted) // per_batch), 1)
+        for n in range(batches):
             self._request()
-            chunk = wanted[n * per_batch : (n + 1) * per_batch] if per_batch else []
-            last = n == self.batches - 1
+            chunk = wanted[n * per_batch : (n + 1) * per_batch]
+            last = n == batches - 1
             yield ChangeBatch(
                 objects=[self._object(href) for href in chunk],
                 deleted_hrefs=gone if last else [],

@@ -74,3 +74,20 @@ def test_retries_are_bounded(lab, user):
     assert "429" in run.error and "Gave up after 2 attempts" in run.error
     flaky.refresh_from_db()
     assert "429" in flaky.last_error
+
+
+def test_a_sync_past_its_deadline_continues_as_a_retry(lab, user):
+    """Well below RabbitMQ's consumer_timeout, a long sync lets go of its message and goes on."""
+    lab.configure(
+        CALY_SYNC_DEADLINE_SECONDS=2, CALY_RETRY_BASE_SECONDS=0.1, CALY_SYNC_MAX_ATTEMPTS=6
+    )
+    lab.start_worker(threads=1)
+    [big] = make_fake_accounts(user, 1, delay=0.4, batches=6, events=12)
+    [run_id] = request([big])
+
+    [run] = wait_all_terminal([run_id], timeout=60)
+    assert (run.state, run.error) == ("succeeded", ""), run.error
+    assert run.attempts >= 2
+    assert big.calendars.get().events.count() == 12
+    starts = [e for e in lab.provider_log() if e["event"] == "start"]
+    assert len(starts) == run.attempts
