@@ -39,11 +39,11 @@ class UnsafeURL(ConnectError):
 
 
 class ResponseTooLarge(ProviderError):
-    """A server sent more than CALY_HTTP_MAX_RESPONSE_BYTES in one response."""
+    """A server sent more in one response than Caly reads (CALY_HTTP_MAX_*_BYTES)."""
 
 
 class ResponseTooSlow(ProviderError):
-    """A server kept one response going for longer than CALY_HTTP_DEADLINE_SECONDS."""
+    """A server made Caly wait longer than CALY_HTTP_DEADLINE_SECONDS for one response."""
 
 
 class TooManyRedirects(ProviderError):
@@ -95,11 +95,12 @@ def _refuse_private(host: str, addresses: list[str]) -> None:
 
 
 # --- URLs -----------------------------------------------------------------------------------
-def check_url(url: str) -> None:
+def check_url(url: str, *, resolve: bool = True) -> None:
     """Raise UnsafeURL unless `url` is http(s) and its host resolves only to public addresses.
 
     A name that does not resolve is let through: the connection attempt reports it in its own
-    words, and the connection is guarded again anyway.
+    words, and the connection is guarded again anyway. `resolve=False` checks the URL alone
+    (the session does, since its resolver checks the addresses it connects to).
     """
     try:
         parts = urlsplit(url)
@@ -111,7 +112,7 @@ def check_url(url: str) -> None:
     host = parts.hostname
     if not host:
         raise UnsafeURL("The URL has no host name.")
-    if settings.CALY_ALLOW_PRIVATE_URLS:
+    if settings.CALY_ALLOW_PRIVATE_URLS or not resolve:
         return
     try:
         infos = socket.getaddrinfo(host, port or 443, type=socket.SOCK_STREAM)
@@ -252,8 +253,9 @@ class GuardedSession(niquests.Session):
         self.hooks["response"].append(_guard_body)
 
     def send(self, request, **kwargs):
-        # Called for the first request and again for each redirect it leads to.
-        check_url(request.url)
+        # Called for the first request and again for each redirect it leads to; the addresses
+        # are checked by the resolver when a connection is opened.
+        check_url(request.url, resolve=False)
         return super().send(request, **kwargs)
 
     def request(self, method, url, *args, **kwargs):
