@@ -1,5 +1,6 @@
-"""API-wide pieces: the JSON error format and JSON 404/500 pages under /api/."""
+"""API-wide pieces: the JSON error format and JSON 400/404/500 pages under /api/."""
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, JsonResponse
 from django.views import defaults
 from rest_framework.exceptions import NotFound
@@ -27,6 +28,14 @@ def exception_handler(exc, context):
 
 def _is_api(request) -> bool:
     return request.path.startswith("/api/")
+
+
+def bad_request(request, exception):
+    if _is_api(request):
+        too_big = isinstance(exception, RequestDataTooBig)
+        detail = "The request body is too large." if too_big else "Bad request."
+        return JsonResponse({"detail": detail}, status=400)
+    return defaults.bad_request(request, exception)
 
 
 def page_not_found(request, exception):

@@ -146,6 +146,11 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 100,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "caly.api.exception_handler",
+    "DEFAULT_PARSER_CLASSES": [
+        "caly.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     # Only POST /api/accounts/ (contacts the user's server) and POST /api/sync/ (queues work)
     # are limited, per user; the views name their scope.
     "DEFAULT_THROTTLE_CLASSES": ["caly.throttling.PostRateThrottle"],

@@ -20,6 +20,7 @@ urlpatterns = [
     path("", include("sync.urls")),
 ]
 
-# Under /api/ even a wrong URL or a crash answers JSON.
+# Under /api/ even a wrong URL, a request Django refuses (too big) or a crash answers JSON.
+handler400 = "caly.api.bad_request"
 handler404 = "caly.api.page_not_found"
 handler500 = "caly.api.server_error"

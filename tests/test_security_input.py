@@ -72,7 +72,10 @@ def test_credentials_inside_the_url_are_refused_without_echoing_them(api):
         (b"null", "application/json"),
         (b'{"provider": NaN}', "application/json"),
         (b"<account/>", "application/xml"),
+        (b'{"name": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "application/json"),
+        (b'{"pad": "' + b"x" * 3_000_000 + b'"}', "application/json"),
     ],
+    ids=["truncated", "not-utf8", "list", "string", "null", "nan", "xml", "nested", "too-big"],
 )
 @pytest.mark.parametrize("path", ["/api/accounts/", "/api/sync/"])
 def test_unreadable_bodies_are_4xx_json(api, path, content, content_type):
