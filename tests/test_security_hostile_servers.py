@@ -2,7 +2,7 @@
 as it was, and the worker carries on with the next sync.
 
 A real worker process syncs from `HostileCalDAV` (tests/support/hostile_server.py) on queues of
-its own, with short limits so each misbehaviour is cut off within seconds: 1 s per read, 3 s of
+its own, with short limits so each misbehaviour is cut off within seconds: 2 s per read, 3 s of
 waiting for one response, 16 MiB per streamed response (the defaults are 30 s, 300 s, 256 MiB).
 """
 
@@ -24,7 +24,7 @@ from tests.support.workers import start_worker
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
 LIMITS = {
-    "CALY_HTTP_TIMEOUT": "1",
+    "CALY_HTTP_TIMEOUT": "2",
     "CALY_HTTP_DEADLINE_SECONDS": "3",
     "CALY_HTTP_MAX_STREAMED_BYTES": str(16 * 2**20),
     # A transient error (a timeout) fails the run at once instead of waiting out retries.
