@@ -499,13 +499,15 @@ class CalDAVProvider(Provider):
         for _ in range(MAX_CONTINUATIONS):
             try:
                 answer = self._sync_report(url, token, with_data=True)
-            except (AuthError, TransientError, SyncReportFailed):
+            except (AuthError, TransientError):
                 raise
             except ProviderError as exc:
                 if token:
                     raise
-                # Too big for one answer (Caly's response limit) or refused with data: list
-                # the etags, then fetch in multiget batches.
+                # Refused with the data (Radicale answers 400 past 10,000 VEVENTs in one
+                # REPORT) or too big for one answer: list the etags, fetch in multiget batches.
+                # Without sync-collection at all, the listing fails too and the ctag path
+                # takes over.
                 logger.info("%s: data in sync-collection failed (%s)", urlsplit(url).path, exc)
                 listing = self._sync_listing(url, "")
                 yield from self._fetch(
@@ -574,7 +576,17 @@ class CalDAVProvider(Provider):
         """First sync without sync-collection: one calendar-query streams every event."""
         fetched: dict[str, str] = {}
         batch = ChangeBatch()
-        answer = self._multistatus("REPORT", calendar.remote_id, QUERY_BODY, depth="1")
+        try:
+            answer = self._multistatus("REPORT", calendar.remote_id, QUERY_BODY, depth="1")
+        except (AuthError, TransientError):
+            raise
+        except ProviderError as exc:
+            # Refused as too big (see _initial_by_sync): list the etags, multiget in batches.
+            logger.info("%s: calendar-query failed (%s)", urlsplit(calendar.remote_id).path, exc)
+            yield from self._fetch(
+                calendar, list(self._etag_listing(calendar.remote_id)), [], cursor
+            )
+            return
         for item in answer:
             if item.status != 200 or item.is_collection or item.data is None:
                 continue

@@ -8,7 +8,9 @@ It forwards every request on loopback and can, per test:
 - truncate sync-collection answers to `page_size` responses with the RFC 6578 §3.6 507 marker
   and a continuation token, like servers with result limits;
 - answer listings of one calendar with no members at all (a spurious empty answer);
-- serve some objects' calendar-data broken (a server handing out what it should not).
+- serve some objects' calendar-data broken (a server handing out what it should not);
+- refuse REPORTs that ask for calendar-data of the whole collection (sync-collection,
+  calendar-query) with 400, as Radicale does past 10,000 VEVENTs in one answer.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class DAVProxy:
     page_size: int = 0
     empty_listing_of: str = ""  # a calendar path: its listings come back without members
     corrupt: set[str] = field(default_factory=set)  # object paths served as broken iCalendar
+    refuse_bulk_data: bool = False
     requests: list[Seen] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
 
@@ -80,6 +83,7 @@ class DAVProxy:
         self.page_size = 0
         self.empty_listing_of = ""
         self.corrupt = set()
+        self.refuse_bulk_data = False
         self.requests.clear()
 
     def start(self) -> DAVProxy:
@@ -136,6 +140,12 @@ class DAVProxy:
         self.requests.append(Seen(method, urlsplit(path).path, report, hrefs))
         if report == "sync-collection" and (self.hide_sync or self.refuse_sync):
             return 403, {"Content-Type": "application/xml; charset=utf-8"}, REFUSED
+        if (
+            self.refuse_bulk_data
+            and report in ("sync-collection", "calendar-query")
+            and b"calendar-data" in body
+        ):
+            return 400, {"Content-Type": "text/plain"}, b"REPORT occurrences limit hit"
         token = _request_token(body) if report == "sync-collection" else ""
         if token and self.reject_tokens:
             return 403, {"Content-Type": "application/xml; charset=utf-8"}, TOKEN_REJECTED

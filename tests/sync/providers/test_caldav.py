@@ -168,6 +168,25 @@ def test_servers_without_sync_collection_use_ctag_and_etags(user, server, cal, p
     ]
 
 
+@pytest.mark.parametrize("sync_collection", [True, False])
+def test_first_sync_too_big_for_one_answer_comes_in_batches(
+    user, server, cal, proxy, settings, sync_collection
+):
+    """Radicale refuses a REPORT with more than 10,000 VEVENTs of data (HTTP 400)."""
+    settings.CALY_SYNC_BATCH_SIZE = 2
+    proxy.refuse_bulk_data = True
+    proxy.hide_sync = not sync_collection
+    for i in range(5):
+        server.put(cal, f"e{i}.ics", vevent(f"e{i}@example.com"))
+    account = connect(user, server, base_url=proxy.url)
+    only(account, cal)
+    proxy.requests.clear()
+    assert counts(run_sync(account)) == ("succeeded", 5, 0, 0)
+    assert [r.hrefs for r in proxy.requests if r.report == "calendar-multiget"] == [2, 2, 1]
+    server.put(cal, "e0.ics", vevent("e0@example.com", summary="Changed"))
+    assert counts(run_sync(account)) == ("succeeded", 0, 1, 0)
+
+
 def test_truncated_sync_answers_are_continued(user, server, cal, proxy):
     proxy.page_size = 2
     for i in range(5):
