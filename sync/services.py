@@ -296,7 +296,14 @@ def sync_run_execute(
     """
     claim = run_claim(run_id=run_id, task_id=task_id, worker=worker, received_at=received_at)
     if claim.outcome == "later":
-        retry.publish_run(run_id=run_id, task_id=task_id or str(uuid.uuid4()), delay=claim.delay)
+        try:
+            retry.publish_run(
+                run_id=run_id, task_id=task_id or str(uuid.uuid4()), delay=claim.delay
+            )
+        except (OperationalError, KombuError, OSError):
+            # The reaper resends unpublished queued runs, and runs whose worker died.
+            SyncRun.objects.filter(pk=run_id, state=SyncRun.State.QUEUED).update(published_at=None)
+            logger.warning("sync run %s: could not publish its delayed message", run_id)
         return {"run": run_id, "state": claim.run.state, "back_in": claim.delay}
     if claim.outcome != "acquired":
         state = claim.run.state if claim.run is not None else "missing"
