@@ -24,6 +24,8 @@ install: $(STAMP)
 # Development defaults; real deployments set these in the environment.
 up: export DJANGO_DEBUG ?= 1
 up: export CALY_ALLOW_PRIVATE_URLS ?= 1
+# Ctrl-C: honcho kills what is still running after 5 s, so running syncs hand back sooner.
+up: export CALY_SHUTDOWN_GRACE_SECONDS ?= 3
 up: install
 	$(BIN)/python manage.py preflight
 	$(BIN)/python manage.py migrate --no-input
