@@ -96,6 +96,26 @@ def test_first_sync_then_only_changes_within_the_request_budget(user, server, ca
     ]
 
 
+def test_hrefs_with_at_signs_match_however_the_server_spells_them(user, server, cal):
+    """Radicale lists `me%40example.com.ics`, Xandikos `me@example.com.ics`."""
+    server.put(cal, "me@example.com.ics", vevent("me@example.com"))
+    server.put(cal, "you@example.com.ics", vevent("you@example.com"))
+    account = connect(user, server)
+    only(account, cal)
+    assert counts(run_sync(account)) == ("succeeded", 2, 0, 0)
+    calendar = calendar_of(account, cal)
+    before = rows(calendar)
+
+    Calendar.objects.filter(pk=calendar.pk).update(sync_token=STALE_TOKENS[server.kind])
+    assert counts(run_sync(account)) == ("succeeded", 0, 0, 0)
+    server.put(cal, "me@example.com.ics", vevent("me@example.com", summary="Changed"))
+    server.delete(cal, "you@example.com.ics")
+    assert counts(run_sync(account)) == ("succeeded", 0, 1, 1)
+    after = rows(calendar)
+    assert after[("me@example.com", "")].pk == before[("me@example.com", "")].pk
+    assert after[("me@example.com", "")].href.endswith("/me@example.com.ics")
+
+
 def test_invalid_token_resyncs_fully_keeping_rows(user, server, cal, proxy):
     for i in range(4):
         server.put(cal, f"e{i}.ics", vevent(f"e{i}@example.com"))
