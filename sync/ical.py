@@ -397,7 +397,8 @@ def _parse_plain(raw: str, default: dt.tzinfo) -> tuple[RemoteEvent, ...]:
                 if upper.startswith("END:VTIMEZONE"):
                     in_zone = False
                 continue
-            if line[:6].upper() == "BEGIN:":
+            first = line[0]
+            if first in "Bb" and line[:6].upper() == "BEGIN:":
                 component = line[6:].strip().upper()
                 if component == "VTIMEZONE" and stack == ["VCALENDAR"]:
                     in_zone = True
@@ -412,7 +413,7 @@ def _parse_plain(raw: str, default: dt.tzinfo) -> tuple[RemoteEvent, ...]:
                 if component == "VEVENT" and stack == ["VCALENDAR", "VEVENT"]:
                     current = {}
                 continue
-            if line[:4].upper() == "END:":
+            if first in "Ee" and line[:4].upper() == "END:":
                 if not stack or stack.pop() != line[4:].strip().upper():
                     raise _NotPlain
                 if current is not None and len(stack) == 1:
@@ -423,9 +424,12 @@ def _parse_plain(raw: str, default: dt.tzinfo) -> tuple[RemoteEvent, ...]:
                 raise _NotPlain  # text outside any component
             if current is None or len(stack) != 2:
                 continue  # calendar properties, alarms: nothing Caly reads
+            colon, semicolon = line.find(":"), line.find(";")
+            cut = semicolon if 0 <= semicolon < colon else colon
+            if line[:cut].upper() not in _WANTED:
+                continue  # most lines of an object: DTSTAMP, ATTENDEE, X-…
             name, params, value = _split_line(line)
-            if name in _WANTED:
-                current.setdefault(name, []).append((params, value))
+            current.setdefault(name, []).append((params, value))
         if stack or not lines or not text.lstrip().upper().startswith("BEGIN:VCALENDAR"):
             raise _NotPlain
         return tuple(_plain_event(props, default) for props in events)

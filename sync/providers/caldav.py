@@ -134,33 +134,46 @@ def _status_code(text: str | None) -> int:
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
 
 
-def _ok_prop(response) -> etree._Element | None:
-    for propstat in response.findall("d:propstat", NS):
-        if _status_code(propstat.findtext("d:status", namespaces=NS)) == 200:
-            return propstat.find("d:prop", NS)
-    return None
+HREF, STATUS, PROPSTAT, PROP = (f"{{{DAV}}}{n}" for n in ("href", "status", "propstat", "prop"))
+GETETAG, RESOURCETYPE = f"{{{DAV}}}getetag", f"{{{DAV}}}resourcetype"
+CALENDAR_DATA = f"{{{CALDAV}}}calendar-data"
 
 
 def _item(element) -> Item | None:
-    href = element.findtext("d:href", namespaces=NS)
+    # Plain child loops rather than XPath: this runs once per object of a calendar.
+    href = status_text = prop = None
+    for child in element:
+        tag = child.tag
+        if tag == HREF:
+            href = child.text
+        elif tag == STATUS:
+            status_text = child.text
+        elif tag == PROPSTAT and prop is None:
+            propstat_status, propstat_prop = None, None
+            for part in child:
+                if part.tag == STATUS:
+                    propstat_status = part.text
+                elif part.tag == PROP:
+                    propstat_prop = part
+            if _status_code(propstat_status) == 200:
+                prop = propstat_prop
     if href is None:
         return None
     href = href.strip()
-    status_text = element.findtext("d:status", namespaces=NS)
     if status_text is not None:
         return Item(href=href, status=_status_code(status_text))
-    prop = _ok_prop(element)
     if prop is None:
         return Item(href=href, status=404)
-    data = prop.find("c:calendar-data", NS)
-    return Item(
-        href=href,
-        status=200,
-        etag=(prop.findtext("d:getetag", namespaces=NS) or "").strip(),
-        data=data.text or "" if data is not None else None,
-        is_collection=prop.find("d:resourcetype/d:collection", NS) is not None,
-        props=prop,
-    )
+    item = Item(href=href, status=200, props=prop)
+    for value in prop:
+        tag = value.tag
+        if tag == GETETAG:
+            item.etag = (value.text or "").strip()
+        elif tag == CALENDAR_DATA:
+            item.data = value.text or ""
+        elif tag == RESOURCETYPE:
+            item.is_collection = value.find(f"{{{DAV}}}collection") is not None
+    return item
 
 
 def _xml_escape(text: str) -> str:
@@ -184,13 +197,18 @@ class Multistatus:
     def __init__(self, response, url: str):
         self._response = response
         self.url = url
-        self._path = unquote(urlsplit(url).path).rstrip("/")
+        self._path = urlsplit(url).path.rstrip("/")
+        self._unquoted_path = unquote(self._path)
         self.token = ""
         self.truncated = False
 
     def __iter__(self) -> Iterator[Item]:
         parser = etree.XMLPullParser(
-            events=("end",), resolve_entities=False, no_network=True, huge_tree=True
+            events=("end",),
+            tag=(RESPONSE, SYNC_TOKEN),
+            resolve_entities=False,
+            no_network=True,
+            huge_tree=True,
         )
         try:
             for chunk in self._response.iter_content(chunk_size=256 * 1024):
@@ -223,8 +241,13 @@ class Multistatus:
                 if item is None:
                     continue
                 # Servers send absolute URLs or paths, `%40` or `@`: keep the path as spelled.
-                item.href = urlsplit(urljoin(self.url, item.href)).path
-                item.is_self = unquote(item.href).rstrip("/") == self._path
+                href = item.href
+                if href[:1] != "/" or href[:2] == "//" or "?" in href or "#" in href:
+                    item.href = urlsplit(urljoin(self.url, item.href)).path
+                bare = item.href.rstrip("/")
+                item.is_self = bare == self._path or (
+                    "%" in bare + self._path and unquote(bare) == self._unquoted_path
+                )
                 # RFC 6578 §3.6: a 507 on the collection itself means "more to come".
                 if item.status == 507 and item.is_self:
                     self.truncated = True
