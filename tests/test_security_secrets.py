@@ -21,6 +21,7 @@ from caly.scrub import ScrubFilter, scrub
 from sync.models import SyncRun
 from sync.providers.base import ConnectError
 from tests.factories import make_account, make_user
+from tests.support.api_sync import sync_and_wait
 from tests.support.caldav_servers import start_radicale, vevent
 from tests.support.hostile_server import HostileCalDAV
 from tests.support.polling import wait_for
@@ -123,18 +124,6 @@ def locked_radicale():
     server.stop()
 
 
-def _sync(api, account_id: int) -> dict:
-    response = api.post("/api/sync/", {"account": account_id}, format="json")
-    assert response.status_code == 202, response.json()
-    run_id = response.json()["runs"][0]["id"]
-
-    def finished():
-        run = api.get(f"/api/sync/{run_id}/").json()
-        return run if run["state"] in ("succeeded", "failed") else None
-
-    return wait_for(finished, timeout=60, what=f"sync run {run_id}")
-
-
 def _assert_nowhere(text: str, *secrets: str) -> None:
     for secret in secrets:
         assert secret not in text
@@ -171,13 +160,13 @@ def test_a_password_is_stored_encrypted_and_shows_up_nowhere(api, locked_radical
     _assert_nowhere(stored, PASSWORD)
     assert Account.objects.get(pk=account_id).credentials == {"password": PASSWORD}
 
-    first = _sync(api, account_id)
+    first = sync_and_wait(api, account_id)
     assert first["state"] == "succeeded", first
 
     # The server changes the password: the next sync fails and asks the user to reconnect.
     (locked_radicale.data_dir / "htpasswd").write_text(f"carol:Changed-{PASSWORD}\n")
     try:
-        second = _sync(api, account_id)
+        second = sync_and_wait(api, account_id)
     finally:
         (locked_radicale.data_dir / "htpasswd").write_text(f"carol:{PASSWORD}\n")
     assert second["state"] == "failed"
@@ -241,7 +230,7 @@ def test_credentials_a_server_echoes_back_stay_out_of_the_worker_log(api, user, 
             user, url=server.url, username="carol", credentials={"password": PASSWORD}
         )
         server.misbehave("echo_credentials")
-        run = _sync(api, account.pk)
+        run = sync_and_wait(api, account.pk)
         basic = base64.b64encode(f"carol:{PASSWORD}".encode()).decode()
         assert any(kind == "principal" for kind in server.kinds_requested())
         wait_for(lambda: "you sent Authorization" in worker.log(), timeout=10, what="the log")

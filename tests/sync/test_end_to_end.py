@@ -11,8 +11,8 @@ import pytest
 
 from calendars.models import Event
 from sync.models import SyncRun
+from tests.support.api_sync import sync_and_wait
 from tests.support.caldav_servers import vevent
-from tests.support.polling import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
@@ -39,18 +39,6 @@ def connect(api, server, url=None) -> dict:
     )
     assert response.status_code == 201, response.json()
     return response.json()
-
-
-def sync_and_wait(api, account_id: int) -> dict:
-    response = api.post("/api/sync/", {"account": account_id}, format="json")
-    assert response.status_code == 202, response.json()
-    run_id = response.json()["runs"][0]["id"]
-
-    def finished():
-        run = api.get(f"/api/sync/{run_id}/").json()
-        return run if run["state"] in ("succeeded", "failed") else None
-
-    return wait_for(finished, timeout=60, what=f"sync run {run_id} to finish")
 
 
 def stored_summaries(calendar_id: int) -> dict[str, str]:

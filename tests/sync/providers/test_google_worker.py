@@ -17,7 +17,7 @@ from django.conf import settings as django_settings
 from calendars.models import Account, Event
 from sync import services
 from sync.models import SyncRun
-from tests.support.polling import wait_for
+from tests.support.api_sync import sync_and_wait, wait_run
 from tests.support.workers import start_worker
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
@@ -71,24 +71,6 @@ def connect(api, google_user) -> dict:
     )
     assert response.status_code == 201, response.json()
     return response.json()
-
-
-def request_sync(api, account_id: int) -> int:
-    response = api.post("/api/sync/", {"account": account_id}, format="json")
-    assert response.status_code == 202, response.json()
-    return response.json()["runs"][0]["id"]
-
-
-def wait_run(api, run_id: int, timeout: float = 60) -> dict:
-    def finished():
-        run = api.get(f"/api/sync/{run_id}/").json()
-        return run if run["state"] in ("succeeded", "failed") else None
-
-    return wait_for(finished, timeout=timeout, what=f"sync run {run_id} to finish")
-
-
-def sync_and_wait(api, account_id: int, timeout: float = 60) -> dict:
-    return wait_run(api, request_sync(api, account_id), timeout=timeout)
 
 
 def rows(account_id: int) -> dict[str, Event]:
