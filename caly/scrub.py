@@ -35,6 +35,8 @@ _KEY_VALUE = re.compile(
     re.IGNORECASE,
 )
 _FERNET_TOKEN = re.compile(r"gAAAAA[A-Za-z0-9_\-]{40,}={0,2}")
+# An OAuth authorization code in a callback URL's query (the web server's access log).
+_OAUTH_CODE = re.compile(r"(?P<head>[?&]code=)[^\s&#\"']+")
 
 
 def scrub(text: str, *, secrets: Iterable[str] = ()) -> str:
@@ -47,6 +49,7 @@ def scrub(text: str, *, secrets: Iterable[str] = ()) -> str:
     text = _URL_USERINFO.sub(rf"\g<scheme>{REDACTED}@", text)
     text = _AUTH_SCHEME.sub(rf"\g<head>{REDACTED}", text)
     text = _KEY_VALUE.sub(lambda m: m["head"] + REDACTED, text)
+    text = _OAUTH_CODE.sub(rf"\g<head>{REDACTED}", text)
     return _FERNET_TOKEN.sub(REDACTED, text)
 
 

@@ -29,6 +29,14 @@ def _required_secret(name: str, debug_default: str) -> str:
 SECRET_KEY = _required_secret("DJANGO_SECRET_KEY", "caly-development-only-secret-key")
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 
+# Behind TLS (directly or via a proxy that sets X-Forwarded-Proto): cookies only over HTTPS, HSTS.
+CALY_HTTPS = env.bool("CALY_HTTPS", default=False)
+if CALY_HTTPS:
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_HSTS_SECONDS = env.int("CALY_HSTS_SECONDS", default=30 * 24 * 3600)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -120,7 +128,13 @@ LOGGING = {
     # workers put the same filter on their own handlers (caly/celery.py).
     "filters": {"scrub": {"()": "caly.scrub.ScrubFilter"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["scrub"]}
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["scrub"]},
+        # runserver's access log has a logger of its own; scrub it too (OAuth callback codes).
+        "server": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["scrub"],
+        },
     },
     "root": {"handlers": ["console"], "level": env.str("CALY_LOG_LEVEL", default="INFO")},
     "loggers": {
@@ -132,6 +146,7 @@ LOGGING = {
         # exchanges at DEBUG.
         "googleapiclient": {"level": "WARNING"},
         "google": {"level": "WARNING"},
+        "django.server": {"handlers": ["server"], "level": "INFO", "propagate": False},
     },
 }
 

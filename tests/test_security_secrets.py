@@ -47,6 +47,7 @@ def _fast_password_hashing(settings):
         ("refresh_token=1//0gRefresh-Token&client_secret=GOCSPX-xyz", "GOCSPX-xyz"),
         ('{"password": "hunter22", "name": "x"}', "hunter22"),
         ("stored gAAAAABpZ3N0b3JlZC1jcmVkZW50aWFscy1lbmNyeXB0ZWQtd2l0aA== ok", "gAAAAAB"),
+        ('"GET /google/callback/?state=abc&code=4/0AeanS-secret HTTP/1.1" 302 0', "4/0AeanS"),
     ],
 )
 def test_scrub_removes_credentials(text, secret_part):
@@ -66,6 +67,12 @@ def test_scrub_removes_credentials(text, secret_part):
 )
 def test_scrub_leaves_ordinary_messages_alone(text):
     assert scrub(text) == text
+
+
+def test_the_web_servers_access_log_is_scrubbed():
+    """runserver logs request lines through `django.server`, which has a handler of its own."""
+    handlers = logging.getLogger("django.server").handlers
+    assert handlers and all(any(isinstance(f, ScrubFilter) for f in h.filters) for h in handlers)
 
 
 def test_scrub_removes_given_secrets_anywhere():
