@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import uuid
 
 import pytest
 from django.urls import reverse
@@ -13,10 +12,14 @@ from django.utils import timezone
 from django_celery_results.models import TaskResult
 
 from calendars.models import Account
-from sync import services
 from sync.models import SyncRun
-from tests.factories import make_account, make_calendar, make_event, make_user
-from tests.support.caldav_servers import vevent
+from tests.factories import (
+    connect_seeded_caldav,
+    make_account,
+    make_calendar,
+    make_event,
+    make_user,
+)
 from tests.support.polling import wait_for
 
 
@@ -122,18 +125,7 @@ def test_beat_schedules_are_in_the_admin(admin_client):
 
 @pytest.fixture
 def radicale_account(radicale, transactional_db):
-    name = f"admin-{uuid.uuid4().hex[:8]}"
-    radicale.make_calendar(name, display_name="Admin test")
-    for i in range(2):
-        radicale.put(name, f"a{i}.ics", vevent(f"a{i}-{name}@example.com"))
-    account = services.account_connect(
-        owner=make_user(),
-        provider="caldav",
-        name="Radicale",
-        url=radicale.base_url + "/",
-        username=radicale.user,
-        credentials={"password": "secret-password"},
-    )
+    account, name = connect_seeded_caldav(radicale, owner=make_user(), events=2, prefix="admin")
     yield account
     radicale.delete_calendar(name)
 

@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 from calendars.models import Event
 from sync import services
 from sync.models import SyncRun
-from tests.factories import make_account, make_user
+from tests.factories import connect_seeded_caldav, make_account, make_user
 from tests.support.caldav_servers import vevent
 from tests.support.gated_proxy import GatedProxy
 from tests.support.polling import wait_for
@@ -63,18 +63,7 @@ def test_nothing_to_sync_says_why():
 @pytest.fixture
 def connected(radicale, transactional_db):
     """A user with a Radicale account holding one calendar of four events."""
-    name = f"cli-{uuid.uuid4().hex[:8]}"
-    radicale.make_calendar(name, display_name="Work")
-    for i in range(4):
-        radicale.put(name, f"c{i}.ics", vevent(f"c{i}-{name}@example.com"))
-    account = services.account_connect(
-        owner=make_user("dave"),
-        provider="caldav",
-        name="Radicale",
-        url=radicale.base_url + "/",
-        username=radicale.user,
-        credentials={"password": "secret-password"},
-    )
+    account, name = connect_seeded_caldav(radicale, owner=make_user("dave"), events=4, prefix="cli")
     yield account
     radicale.delete_calendar(name)
 
