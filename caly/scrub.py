@@ -65,10 +65,6 @@ def scrub_data(data):
     return data
 
 
-def url_without_userinfo(url: str) -> str:
-    return _URL_USERINFO.sub(r"\g<scheme>", url)
-
-
 def shorten(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text

@@ -129,12 +129,6 @@ LOGGING = {
     "filters": {"scrub": {"()": "caly.scrub.ScrubFilter"}},
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["scrub"]},
-        # runserver's access log has a logger of its own; scrub it too (OAuth callback codes).
-        "server": {
-            "class": "logging.StreamHandler",
-            "formatter": "plain",
-            "filters": ["scrub"],
-        },
     },
     "root": {"handlers": ["console"], "level": env.str("CALY_LOG_LEVEL", default="INFO")},
     "loggers": {
@@ -146,7 +140,8 @@ LOGGING = {
         # exchanges at DEBUG.
         "googleapiclient": {"level": "WARNING"},
         "google": {"level": "WARNING"},
-        "django.server": {"handlers": ["server"], "level": "INFO", "propagate": False},
+        # runserver's access log has a logger of its own; scrub it too (OAuth callback codes).
+        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }
 

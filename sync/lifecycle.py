@@ -22,10 +22,6 @@ def shutdown_begun() -> None:
             _shutdown_at = time.monotonic()
 
 
-def shutting_down() -> bool:
-    return _shutdown_at is not None
-
-
 def should_hand_back() -> bool:
     """True once the worker has been shutting down for longer than the grace period."""
     started = _shutdown_at
