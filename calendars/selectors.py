@@ -17,7 +17,9 @@ logger = logging.getLogger(__name__)
 
 
 def accounts_for_user(*, user) -> QuerySet[Account]:
-    return Account.objects.filter(owner=user)
+    # Credentials are decrypted only where a sync needs them: one account whose key was rotated
+    # out must not break listing the others.
+    return Account.objects.filter(owner=user).defer("credentials")
 
 
 def calendars_for_user(*, user, account_id: int | None = None) -> QuerySet[Calendar]:
@@ -27,21 +29,11 @@ def calendars_for_user(*, user, account_id: int | None = None) -> QuerySet[Calen
     return qs
 
 
-def events_for_user(
-    *,
-    user,
-    calendar_id: int | None = None,
-    start: dt.datetime | None = None,
-    end: dt.datetime | None = None,
-) -> QuerySet[Event]:
+def events_for_user(*, user, calendar_id: int | None = None) -> QuerySet[Event]:
+    """Stored rows (masters, overrides, single events); see `events_in_window` for a time window."""
     qs = Event.objects.filter(calendar__account__owner=user)
     if calendar_id is not None:
         qs = qs.filter(calendar_id=calendar_id)
-    if start is not None:
-        # Recurring masters can have occurrences after their first end.
-        qs = qs.filter(Q(end__gt=start) | Q(end__isnull=True) | ~Q(rrule="") | ~Q(rdate=[]))
-    if end is not None:
-        qs = qs.filter(Q(start__lt=end) | Q(start__isnull=True))
     return qs.defer("raw").order_by("start", "id")
 
 
@@ -73,7 +65,25 @@ def events_in_window(
     masters = list(
         in_scope.filter(recurring, recurrence_id="")
         .filter(Q(start__lt=end) | Q(start__isnull=True))
-        .only("id", "calendar_id", "uid", "href", "raw", "timezone", "rrule")
+        .only(
+            "id",
+            "calendar_id",
+            "uid",
+            "recurrence_id",
+            "href",
+            "raw",
+            "timezone",
+            "rrule",
+            "rdate",
+            "exdate",
+            "start",
+            "end",
+            "all_day",
+            "status",
+            "summary",
+            "description",
+            "location",
+        )
     )
     series_keys = {(m.calendar_id, m.uid) for m in masters}
 
@@ -136,6 +146,10 @@ def _series_calendar(master: Event, overrides: list[Event]) -> icalendar.Calenda
         if row.href in seen_hrefs:
             continue
         seen_hrefs.add(row.href)
+        if not row.raw.lstrip().startswith("BEGIN:"):
+            # Not iCalendar (Google keeps its event JSON): rebuild the VEVENT from the row.
+            combined.add_component(_vevent_from_row(row))
+            continue
         source = icalendar.Calendar.from_ical(row.raw)
         for zone in source.walk("VTIMEZONE"):
             if str(zone.get("TZID")) not in seen_zones:
@@ -145,6 +159,45 @@ def _series_calendar(master: Event, overrides: list[Event]) -> icalendar.Calenda
             if str(component.get("UID", "")).strip() == master.uid:
                 combined.add_component(component)
     return combined
+
+
+def _from_key(key: str) -> dt.date | dt.datetime:
+    """A stored recurrence key (UTC basic format, or a bare date) as a date or aware instant."""
+    if len(key) == 8:
+        return dt.datetime.strptime(key, "%Y%m%d").date()
+    return dt.datetime.strptime(key, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+
+
+def _vevent_from_row(row: Event) -> icalendar.Event:
+    """The VEVENT a stored row stands for, with times in the event's own zone so that a rule
+    keeps its wall-clock time across daylight-saving changes."""
+    zone = _zone(row.timezone)
+
+    def when(value: dt.datetime):
+        return value.date() if row.all_day else value.astimezone(zone)
+
+    vevent = icalendar.Event()
+    vevent.add("UID", row.uid)
+    vevent.add("DTSTART", when(row.start))
+    if row.end is not None:
+        vevent.add("DTEND", when(row.end))
+    for name, value in (
+        ("SUMMARY", row.summary),
+        ("DESCRIPTION", row.description),
+        ("LOCATION", row.location),
+        ("STATUS", row.status),
+    ):
+        if value:
+            vevent.add(name, value)
+    if row.rrule:
+        vevent.add("RRULE", icalendar.vRecur.from_ical(row.rrule.removeprefix("RRULE:")))
+    for key in row.exdate:
+        vevent.add("EXDATE", _from_key(key))
+    for key in row.rdate:
+        vevent.add("RDATE", _from_key(key))
+    if row.recurrence_id:
+        vevent.add("RECURRENCE-ID", _from_key(row.recurrence_id))
+    return vevent
 
 
 def _expand(

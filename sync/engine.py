@@ -59,10 +59,6 @@ class Plan:
     def writes(self) -> list[EventWrite]:
         return self.create + self.update
 
-    @property
-    def is_empty(self) -> bool:
-        return not (self.create or self.update or self.delete_ids)
-
 
 def normalize_href(href: str) -> str:
     """Servers disagree on percent-encoding (`%40` vs `@`); compare unquoted paths."""
@@ -116,7 +112,11 @@ def plan_changes(
         current = stored_by_key.get(key)
         if current is None:
             plan.create.append(write)
-        elif current.etag == write.etag and current.href == write.href and write.etag:
+        elif (
+            current.etag == write.etag
+            and normalize_href(current.href) == normalize_href(write.href)
+            and write.etag
+        ):
             plan.unchanged += 1
         elif current.raw_digest and current.raw_digest == raw_digest(write.raw):
             plan.relocate.append((current.id, write))

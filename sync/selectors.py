@@ -57,7 +57,7 @@ def accounts_due_for_resync(*, older_than: dt.datetime) -> QuerySet[Account]:
     """Active accounts with no queued or running sync whose last sync ended before `older_than`,
     stalest (and never synced) first."""
     return (
-        _last_attempt(Account.objects.filter(status=Account.Status.ACTIVE))
+        _last_attempt(Account.objects.filter(status=Account.Status.ACTIVE).defer("credentials"))
         .filter(last_attempt__lt=older_than, busy=False)
         .order_by("last_attempt", "id")
     )
@@ -67,7 +67,7 @@ def accounts_overview(*, user) -> list[Account]:
     """The user's accounts for the dashboard, each with `event_count`, `last_sync_ended_at` and
     `next_sync_at` (None: not scheduled)."""
     accounts = list(
-        _last_attempt(Account.objects.filter(owner=user))
+        _last_attempt(Account.objects.filter(owner=user).defer("credentials"))
         .annotate(event_count=Count("calendars__events"))
         .order_by("name", "id")
     )

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import MD5
@@ -42,6 +43,7 @@ from sync.providers.base import (
     Provider,
     ProviderError,
     RemoteCalendar,
+    SkippedObject,
     TransientError,
 )
 
@@ -116,12 +118,20 @@ def account_connect(
 
 @transaction.atomic
 def account_update(*, account: Account, credentials: dict | None = None, **fields) -> Account:
-    """Change an account; new credentials make it active again (the user reconnected)."""
+    """Change an account; new credentials make an account that needed them active again.
+
+    An account an administrator disabled stays disabled.
+    """
     for name, value in fields.items():
         setattr(account, name, value)
     if credentials:
-        account.credentials = {**account.credentials, **credentials}
-        account.status = Account.Status.ACTIVE
+        try:
+            current = account.credentials
+        except ImproperlyConfigured:  # unreadable with today's keys: the new ones replace them
+            current = {}
+        account.credentials = {**current, **credentials}
+        if account.status == Account.Status.NEEDS_REAUTH:
+            account.status = Account.Status.ACTIVE
         account.last_error = ""
     account.save()
     return account
@@ -146,16 +156,18 @@ def calendars_reconcile(*, account: Account, remote: Iterable[RemoteCalendar]) -
             calendar = Calendar.objects.create(
                 account=account,
                 remote_id=item.remote_id,
-                name=item.name,
-                color=item.color,
-                timezone=item.timezone,
+                name=item.name[:500],
+                color=item.color[:32],
+                timezone=item.timezone[:100],
             )
         elif (calendar.name, calendar.color, calendar.timezone) != (
             item.name,
             item.color,
             item.timezone,
         ):
-            calendar.name, calendar.color, calendar.timezone = item.name, item.color, item.timezone
+            calendar.name = item.name[:500]
+            calendar.color = item.color[:32]
+            calendar.timezone = item.timezone[:100]
             calendar.save(update_fields=["name", "color", "timezone"])
         result.append(calendar)
     gone = [c.pk for key, c in existing.items() if key not in seen]
@@ -194,7 +206,11 @@ def sync_request_account(*, account: Account, trigger: str, publish: bool = True
                     account=account, trigger=trigger, task_id=str(uuid.uuid4())
                 )
         except IntegrityError:  # a concurrent request queued one first
-            return SyncRun.objects.get(account=account, state=SyncRun.State.QUEUED)
+            existing = SyncRun.objects.filter(account=account, state=SyncRun.State.QUEUED).first()
+            if existing is not None:
+                return existing
+            # ...and it has started already: queue the follow-up after all.
+            return sync_request_account(account=account, trigger=trigger, publish=publish)
         if publish:
             transaction.on_commit(lambda: sync_publish(run=run, withdraw_on_failure=True))
     return run
@@ -317,7 +333,9 @@ def sync_run_execute(
         waiting = lease_release(account_id=run.account_id, token=claim.token)
     if waiting is not None:
         _publish_or_leave_to_reaper(waiting)
-    run.refresh_from_db()
+    run = SyncRun.objects.filter(pk=run.pk).first()
+    if run is None:  # the run (or its account) was deleted while it synced
+        return {"run": run_id, "state": "missing"}
     if outcome == "retry":
         _publish_or_leave_to_reaper(run)
     return {
@@ -345,12 +363,18 @@ class DeadlineExceeded(TransientError):
 
 def _execute(run: SyncRun, *, heartbeat: LeaseHeartbeat) -> str:
     """Sync the run's account; returns "done", "retry" (queued again) or "hand_back"."""
-    counts = Counts()
+    # A retried or continued run adds to what its earlier attempts did.
+    counts = Counts(created=run.created, updated=run.updated, deleted=run.deleted)
     deadline = time.monotonic() + settings.CALY_SYNC_DEADLINE_SECONDS
     try:
         _sync_account(run, counts=counts, heartbeat=heartbeat, deadline=deadline)
     except HandBack:
         return _hand_back(run, counts)
+    except LeaseLost:
+        # Another worker holds the account's lease and is syncing this very run: leave the run
+        # to it rather than overwrite its state.
+        logger.warning("sync run %s: lease lost; leaving the run to its new holder", run.pk)
+        return "done"
     except TransientError as exc:
         return _retry_or_fail(run, counts, exc)
     except AuthError as exc:
@@ -387,7 +411,9 @@ def _retry_or_fail(run: SyncRun, counts: Counts, exc: TransientError) -> str:
     """
     max_attempts = settings.CALY_SYNC_MAX_ATTEMPTS
     attempts = SyncRun.objects.values_list("attempts", flat=True).get(pk=run.pk)
-    if attempts >= max_attempts:
+    # A sync that ran out of time made progress; continuing it is not a failed attempt.
+    continuation = isinstance(exc, DeadlineExceeded)
+    if attempts >= max_attempts and not continuation:
         error = f"{exc} Gave up after {attempts} attempts."
     elif exc.retry_after and exc.retry_after > settings.CALY_RETRY_MAX_SECONDS:
         error = f"{exc} The server asked to wait {exc.retry_after:.0f} s; not retrying."
@@ -399,6 +425,7 @@ def _retry_or_fail(run: SyncRun, counts: Counts, exc: TransientError) -> str:
             with transaction.atomic():
                 SyncRun.objects.filter(pk=run.pk).update(
                     state=SyncRun.State.QUEUED,
+                    attempts=F("attempts") - 1 if continuation else F("attempts"),
                     retry_at=retry_at,
                     published_at=None,
                     error=note,
@@ -463,7 +490,7 @@ def _sync_account(
         calendars = calendars_reconcile(account=account, remote=remote)
         by_id = {normalize_href(r.remote_id): r for r in remote}
         selected = [c for c in calendars if c.selected]
-        SyncRun.objects.filter(pk=run.pk).update(calendars_total=len(selected))
+        SyncRun.objects.filter(pk=run.pk).update(calendars_total=len(selected), calendars_done=0)
         for calendar in selected:
             _sync_calendar(
                 run,
@@ -525,6 +552,7 @@ def _record_skipped(run: SyncRun, calendar: Calendar, batch: ChangeBatch) -> Non
 @transaction.atomic
 def events_apply(*, calendar: Calendar, batch: ChangeBatch) -> Plan:
     """Store one batch of changes; the calendar's cursor moves only with the last batch."""
+    _skip_oversized(batch)
     hrefs = {normalize_href(o.href) for o in batch.objects}
     hrefs |= {normalize_href(h) for h in batch.deleted_hrefs}
     uids = {e.uid for o in batch.objects for e in o.events}
@@ -554,6 +582,34 @@ def events_apply(*, calendar: Calendar, batch: ChangeBatch) -> Plan:
             last_synced_at=timezone.now(),
         )
     return plan
+
+
+def _skip_oversized(batch: ChangeBatch) -> None:
+    """An object with a value longer than its column is skipped and named, not fatal to the run."""
+    kept = []
+    for obj in batch.objects:
+        too_long = [
+            name
+            for name, value in (("href", obj.href), ("etag", obj.etag))
+            if len(value) > EVENT_LIMITS[name]
+        ] + [
+            name
+            for event in obj.events
+            for name in ("uid", "recurrence_id", "timezone", "status")
+            if len(getattr(event, name)) > EVENT_LIMITS[name]
+        ]
+        if too_long:
+            reason = f"{', '.join(sorted(set(too_long)))} too long to store"
+            batch.skipped.append(SkippedObject(href=obj.href[:300], reason=reason))
+        else:
+            kept.append(obj)
+    batch.objects = kept
+
+
+EVENT_LIMITS = {
+    name: Event._meta.get_field(name).max_length
+    for name in ("href", "etag", "uid", "recurrence_id", "timezone", "status")
+}
 
 
 # Columns of an upsert, in order; the last ones are only set when a row is created.

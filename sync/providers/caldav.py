@@ -383,14 +383,24 @@ class CalDAVProvider(Provider):
 
     def discover(self) -> list[RemoteCalendar]:
         try:
-            home = self.home_url or self._find_home()
-            calendars = self._list_calendars(home)
+            try:
+                home = self.home_url or self._find_home()
+                calendars = self._list_calendars(home)
+            except (AuthError, TransientError):
+                raise
+            except ProviderError:
+                if not self.home_url:
+                    raise
+                # The calendar home found last time is gone (the server moved it): look again.
+                self.home_url = ""
+                home = self._find_home()
+                calendars = self._list_calendars(home)
             if not calendars and home == self.url:
                 raise ConnectError(f"No CalDAV calendars found at {self.url}.")
-        except TransientError as exc:
-            raise ConnectError(str(exc)) from exc
         except ProviderError as exc:
-            if isinstance(exc, (AuthError, ConnectError)):
+            # Transient errors stay transient so a sync backs off and retries; connecting an
+            # account reports them like any other ProviderError.
+            if isinstance(exc, (AuthError, ConnectError, TransientError)):
                 raise
             raise ConnectError(f"{self.url} does not look like a CalDAV server: {exc}") from exc
         self.home_url = home

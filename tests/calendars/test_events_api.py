@@ -202,3 +202,51 @@ def test_bad_windows_are_400_naming_the_field(api, query, field):
     response = api.get(f"/api/events/?{query}")
     assert response.status_code == 400
     assert field in response.json()
+
+
+def test_google_series_expand_from_their_stored_fields(api, calendar):
+    """Google events keep their JSON as source; a window still expands the series, with its
+    moved and cancelled instances, exactly as for an iCalendar series."""
+    import json
+
+    from sync.providers.google import event_from_google
+
+    master = {
+        "id": "weekly1",
+        "iCalUID": "weekly1@google.com",
+        "status": "confirmed",
+        "summary": "Standup",
+        "start": {"dateTime": "2026-03-02T09:00:00+01:00", "timeZone": "Europe/Berlin"},
+        "end": {"dateTime": "2026-03-02T09:15:00+01:00", "timeZone": "Europe/Berlin"},
+        "recurrence": ["RRULE:FREQ=WEEKLY;COUNT=5", "EXDATE;TZID=Europe/Berlin:20260316T090000"],
+    }
+    moved = {
+        "id": "weekly1_20260309T080000Z",
+        "iCalUID": "weekly1@google.com",
+        "status": "confirmed",
+        "summary": "Standup (moved)",
+        "recurringEventId": "weekly1",
+        "originalStartTime": {"dateTime": "2026-03-09T09:00:00+01:00"},
+        "start": {"dateTime": "2026-03-09T11:00:00+01:00", "timeZone": "Europe/Berlin"},
+        "end": {"dateTime": "2026-03-09T11:15:00+01:00", "timeZone": "Europe/Berlin"},
+    }
+    objects = [
+        RemoteObject(
+            href=item["id"],
+            etag='"1"',
+            events=(event_from_google(item, uid=item["iCalUID"]),),
+            raw=json.dumps(item),
+        )
+        for item in (master, moved)
+    ]
+    events_apply(calendar=calendar, batch=ChangeBatch(objects=objects))
+
+    found = window(api, "2026-03-01T00:00:00Z", "2026-04-01T00:00:00Z")
+    assert [(e["start"], e["summary"]) for e in found] == [
+        ("2026-03-02T08:00:00Z", "Standup"),
+        ("2026-03-09T10:00:00Z", "Standup (moved)"),
+        # 16 March is excluded; the clocks change on 29 March: 09:00 Berlin is 07:00 UTC.
+        ("2026-03-23T08:00:00Z", "Standup"),
+        ("2026-03-30T07:00:00Z", "Standup"),
+    ]
+    assert {e["uid"] for e in found} == {"weekly1@google.com"}
