@@ -255,6 +255,10 @@ class Multistatus:
                 yield item
 
 
+class CollectionGone(ProviderError):
+    """The collection is not (or no longer) at that address."""
+
+
 class CalDAVProvider(Provider):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -351,9 +355,8 @@ class CalDAVProvider(Provider):
         if response.status_code != 207:
             status = response.status_code
             response.close()
-            raise ProviderError(
-                f"{method} {urlsplit(url).path} answered HTTP {status}, expected 207."
-            )
+            error = CollectionGone if status in (404, 410) else ProviderError
+            raise error(f"{method} {urlsplit(url).path} answered HTTP {status}, expected 207.")
         return Multistatus(response, url)
 
     # --- discovery -----------------------------------------------------------------------
@@ -386,9 +389,7 @@ class CalDAVProvider(Provider):
             try:
                 home = self.home_url or self._find_home()
                 calendars = self._list_calendars(home)
-            except (AuthError, TransientError):
-                raise
-            except ProviderError:
+            except CollectionGone:
                 if not self.home_url:
                     raise
                 # The calendar home found last time is gone (the server moved it): look again.

@@ -129,3 +129,17 @@ def test_unreachable_and_non_caldav_urls_are_400(api, radicale, live_server):
     from calendars.models import Account
 
     assert not Account.objects.exists()
+
+
+def test_a_calendar_home_that_moved_is_found_again(api, radicale, calendar_name, worker):
+    from calendars.models import Account
+
+    radicale.put(calendar_name, "h.ics", vevent("h@example.com"))
+    account = connect(api, radicale)
+    Account.objects.filter(pk=account["id"]).update(home_url=radicale.home_url + "moved-away/")
+
+    run = sync_and_wait(api, account["id"])
+
+    assert (run["state"], run["error"]) == ("succeeded", "")
+    assert Account.objects.get(pk=account["id"]).home_url == radicale.home_url
+    assert Event.objects.filter(calendar__account_id=account["id"], uid="h@example.com").exists()
