@@ -28,6 +28,17 @@ def _admin(sql: str) -> None:
     conn.close()
 
 
+def _delete_queues(broker_url: str, prefix: str) -> None:
+    """The run's own queues go with it (delay queues expire by themselves)."""
+    from kombu import Connection
+
+    with Connection(broker_url) as conn:
+        channel = conn.default_channel
+        for name in (f"{prefix}.sync", f"{prefix}.maintenance"):
+            channel.queue_delete(name)
+            channel.exchange_delete(name)
+
+
 def main(names: list[str]) -> int:
     scripts = sorted((ROOT / "bench").glob("bench_*.py"))
     if names:
@@ -65,6 +76,7 @@ def main(names: list[str]) -> int:
             failed += result.returncode != 0
     finally:
         _admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        _delete_queues(env["CELERY_BROKER_URL"], env["CALY_QUEUE_PREFIX"])
     return 1 if failed else 0
 
 
