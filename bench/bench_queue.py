@@ -23,7 +23,6 @@ import statistics
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,13 +39,11 @@ from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from bench.queue_tasks import noop  # noqa: E402
-from calendars.models import Account  # noqa: E402
 from caly.celery import app  # noqa: E402
 from sync.models import SyncRun  # noqa: E402
 from sync.retry import sync_queue  # noqa: E402
 from sync.services import sync_request_account  # noqa: E402
-from tests.support.fake_provider import fake_url  # noqa: E402
-from tests.support.queue_lab import max_start_displacement  # noqa: E402
+from tests.support.queue_lab import make_fake_accounts, max_start_displacement  # noqa: E402
 from tests.support.workers import start_worker  # noqa: E402
 
 W = settings.CALY_WORKER_PROCESSES
@@ -151,18 +148,6 @@ def database_backends() -> list[int]:
         return [row[0] for row in cursor.fetchall()]
 
 
-def make_accounts(owner, count: int, **behaviour) -> list[Account]:
-    return [
-        Account.objects.create(
-            owner=owner,
-            provider="fake",
-            name=f"bench {i}",
-            url=fake_url(f"bench-{uuid.uuid4().hex[:10]}", **behaviour),
-        )
-        for i in range(count)
-    ]
-
-
 def request_all(accounts) -> list[int]:
     return [sync_request_account(account=a, trigger=SyncRun.Trigger.API).pk for a in accounts]
 
@@ -244,7 +229,7 @@ def main() -> None:
 
         # 2. Caly no-change syncs, zero latency: a first round stores the calendars, the
         #    measured second round finds nothing to change.
-        accounts = make_accounts(owner, N_RUNS, events=2)
+        accounts = make_fake_accounts(owner, N_RUNS, events=2)
         warm = request_all(accounts)
         fleet.consume(True)
         wait_terminal(warm)
@@ -286,7 +271,7 @@ def main() -> None:
 
         # 4. A fleet of 200 accounts behind a provider that takes 100 ms per request.
         #    All 200 requested at once (as a resync tick or a busy minute does), then consumed.
-        fleet_accounts = make_accounts(owner, FLEET, delay=FLEET_LATENCY, batches=1, events=5)
+        fleet_accounts = make_fake_accounts(owner, FLEET, delay=FLEET_LATENCY, batches=1, events=5)
         fleet.consume(False)
         fleet_ids = request_all(fleet_accounts)
         consuming_from = time.time()

@@ -49,9 +49,15 @@ def proxy(server):
     proxy.stop()
 
 
+def seed(server, cal: str, count: int, summary: str | None = "Meeting") -> None:
+    """Events e0…e{count-1}; summaries "Meeting i" (or, with summary=None, the UID)."""
+    for i in range(count):
+        text = f"{summary} {i}" if summary else ""
+        server.put(cal, f"e{i}.ics", vevent(f"e{i}@example.com", summary=text))
+
+
 def test_first_sync_then_only_changes_within_the_request_budget(user, server, cal, proxy):
-    for i in range(3):
-        server.put(cal, f"e{i}.ics", vevent(f"e{i}@example.com", summary=f"Meeting {i}"))
+    seed(server, cal, 3)
     account = connect(user, server, base_url=proxy.url)
     only(account, cal)
     proxy.requests.clear()
@@ -117,8 +123,7 @@ def test_hrefs_with_at_signs_match_however_the_server_spells_them(user, server, 
 
 
 def test_invalid_token_resyncs_fully_keeping_rows(user, server, cal, proxy):
-    for i in range(4):
-        server.put(cal, f"e{i}.ics", vevent(f"e{i}@example.com"))
+    seed(server, cal, 4, summary=None)
     account = connect(user, server, base_url=proxy.url)
     only(account, cal)
     assert counts(run_sync(account)) == ("succeeded", 4, 0, 0)
@@ -153,8 +158,7 @@ def test_invalid_token_resyncs_fully_keeping_rows(user, server, cal, proxy):
 def test_servers_without_sync_collection_use_ctag_and_etags(user, server, cal, proxy, how):
     proxy.hide_sync = how == "hidden"
     proxy.refuse_sync = how == "refused"
-    for i in range(4):
-        server.put(cal, f"e{i}.ics", vevent(f"e{i}@example.com", summary=f"Meeting {i}"))
+    seed(server, cal, 4)
     account = connect(user, server, base_url=proxy.url)
     only(account, cal)
     proxy.requests.clear()
@@ -196,8 +200,7 @@ def test_first_sync_too_big_for_one_answer_comes_in_batches(
     settings.CALY_SYNC_BATCH_SIZE = 2
     proxy.refuse_bulk_data = True
     proxy.hide_sync = not sync_collection
-    for i in range(5):
-        server.put(cal, f"e{i}.ics", vevent(f"e{i}@example.com"))
+    seed(server, cal, 5, summary=None)
     account = connect(user, server, base_url=proxy.url)
     only(account, cal)
     proxy.requests.clear()
@@ -209,8 +212,7 @@ def test_first_sync_too_big_for_one_answer_comes_in_batches(
 
 def test_truncated_sync_answers_are_continued(user, server, cal, proxy):
     proxy.page_size = 2
-    for i in range(5):
-        server.put(cal, f"e{i}.ics", vevent(f"e{i}@example.com"))
+    seed(server, cal, 5, summary=None)
     account = connect(user, server, base_url=proxy.url)
     only(account, cal)
     proxy.requests.clear()
@@ -230,8 +232,7 @@ def test_truncated_sync_answers_are_continued(user, server, cal, proxy):
 
 
 def test_empty_listing_does_not_wipe_a_calendar(user, server, cal, proxy):
-    for i in range(3):
-        server.put(cal, f"e{i}.ics", vevent(f"e{i}@example.com"))
+    seed(server, cal, 3, summary=None)
     account = connect(user, server, base_url=proxy.url)
     only(account, cal)
     assert counts(run_sync(account)) == ("succeeded", 3, 0, 0)
