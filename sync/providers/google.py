@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import random
-import re
 import threading
 import time
 from collections import defaultdict
@@ -29,6 +28,7 @@ import google.auth.exceptions
 import google.auth.transport
 import httplib2
 import icalendar
+import msgspec
 import niquests
 from django.conf import settings
 from google.oauth2.credentials import Credentials
@@ -177,76 +177,85 @@ class _Transport:
 
 
 # --- responses --------------------------------------------------------------------------------
-RAW_ITEMS = "__caly_raw_items"  # where a parsed page keeps each item's text as Google sent it
-_whitespace = re.compile(r"[ \t\n\r]*")
-_scan_value = json.JSONDecoder().scan_once
-
-
-class _ItemsKeepingJsonModel(JsonModel):
-    """googleapiclient's JSON model, also keeping the exact text of each listed item.
-
-    The text is stored as the event's raw source: what Google sent, without re-encoding 10,000
-    events a calendar. The values are parsed by the json module's C scanner, as json.loads does.
-    """
+# Answers are parsed by msgspec into the few fields Caly reads. A page of events keeps each
+# event as the exact JSON text Google sent (msgspec.Raw), which becomes the event's stored
+# source without re-encoding, and is decoded one event at a time, so one unreadable event is
+# skipped on its own.
+class _BytesModel(JsonModel):
+    """googleapiclient's JSON model (alt=json, the same headers), handing over the body as is."""
 
     def deserialize(self, content):
-        text = content.decode("utf-8") if isinstance(content, bytes) else content
-        try:
-            return _parse_keeping_items(text)
-        except (ValueError, IndexError, StopIteration):
-            return super().deserialize(content)
+        return content
 
 
-def _parse_keeping_items(text: str) -> dict:
-    def skip(i: int) -> int:
-        # Compact JSON has no whitespace between tokens; pretty-printed JSON has some.
-        return _whitespace.match(text, i).end() if text[i] in " \t\n\r" else i
+class _CalendarEntry(msgspec.Struct, rename="camel"):
+    id: str = ""
+    summary: str = ""
+    summary_override: str = ""
+    background_color: str = ""
+    time_zone: str = ""
+    primary: bool = False
+    deleted: bool = False
 
-    i = skip(0)
-    if text[i] != "{":
-        raise ValueError("not an object")
-    result: dict = {}
-    i = skip(i + 1)
-    if text[i] == "}":
-        return result
-    while True:
-        if text[i] != '"':
-            raise ValueError("expected a key")
-        key, i = _scan_value(text, i)
-        i = skip(i)
-        if text[i] != ":":
-            raise ValueError("expected a colon")
-        i = skip(i + 1)
-        if key == "items" and text[i] == "[":
-            items: list = []
-            raw: list[str] = []
-            keep, keep_raw, scan = items.append, raw.append, _scan_value
-            i = skip(i + 1)
-            if text[i] == "]":
-                i += 1
-            else:
-                while True:
-                    value, end = scan(text, i)
-                    keep(value)
-                    keep_raw(text[i:end])
-                    i = skip(end)
-                    if text[i] == ",":
-                        i = skip(i + 1)
-                    elif text[i] == "]":
-                        i += 1
-                        break
-                    else:
-                        raise ValueError("expected a comma")
-            result[key] = items
-            result[RAW_ITEMS] = raw
-        else:
-            result[key], i = _scan_value(text, i)
-        i = skip(i)
-        if text[i] == "}":
-            return result
-        if text[i] != ",":
-            raise ValueError("expected a comma")
-        i = skip(i + 1)
+
+class _CalendarPage(msgspec.Struct, rename="camel"):
+    items: list[_CalendarEntry] = []
+    next_page_token: str = ""
+
+
+class _EventPage(msgspec.Struct, rename="camel"):
+    items: list[msgspec.Raw] = []
+    next_page_token: str = ""
+    next_sync_token: str = ""
+
+
+class _Time(msgspec.Struct, rename="camel"):
+    """A start, end or originalStartTime: `date` for all-day events, else `dateTime`."""
+
+    date: dt.date | None = None
+    date_time: dt.datetime | None = None
+    time_zone: str = ""
+
+
+class GoogleEvent(msgspec.Struct, rename="camel"):
+    """The fields of a Google event resource Caly reads; the rest stays in its stored JSON."""
+
+    id: str = ""
+    etag: str = ""
+    status: str = ""
+    ical_uid: str = msgspec.field(default="", name="iCalUID")
+    recurring_event_id: str = ""
+    summary: str = ""
+    description: str = ""
+    location: str = ""
+    start: _Time | None = None
+    end: _Time | None = None
+    original_start_time: _Time | None = None
+    recurrence: list[str] = []
+    updated: str = ""
+
+
+class _Identified(msgspec.Struct):
+    id: str = ""
+
+
+_calendar_pages = msgspec.json.Decoder(_CalendarPage)
+_event_pages = msgspec.json.Decoder(_EventPage)
+_events = msgspec.json.Decoder(GoogleEvent)
+_identified = msgspec.json.Decoder(_Identified)
+
+
+def decode_event(text: bytes | str | msgspec.Raw) -> GoogleEvent:
+    """One event resource as JSON text; raises ValueError (msgspec's) if it is not one."""
+    return _events.decode(text)
+
+
+def _id_of(raw: msgspec.Raw) -> str:
+    """The id of an event that did not decode, if it has a readable one."""
+    try:
+        return _identified.decode(raw).id
+    except msgspec.DecodeError:
+        return ""
 
 
 # --- the provider -----------------------------------------------------------------------------
@@ -288,7 +297,7 @@ class GoogleProvider(Provider):
                 static_discovery=True,
                 cache_discovery=False,
                 http=_Transport(self),
-                model=_ItemsKeepingJsonModel(),
+                model=_BytesModel(),
                 client_options=options,
             )
         return self._service
@@ -364,13 +373,21 @@ class GoogleProvider(Provider):
             if self._credentials is not None and self._credentials.token == token:
                 self._credentials.token = None
 
-    def _execute(self, request, *, what: str) -> dict:
-        """Run one API request; failures become Caly's error kinds (see `_failure`)."""
+    def _execute(self, request, *, what: str, decoder: msgspec.json.Decoder):
+        """Run one API request and decode its answer with `decoder`; failures become Caly's
+        error kinds (see `_failure`)."""
         for attempt in range(INLINE_RETRIES + 1):
             try:
-                return request.execute()
+                content = request.execute()
             except HttpError as exc:
                 failure = _failure(exc, what=what)
+            else:
+                try:
+                    return decoder.decode(content)
+                except msgspec.DecodeError as exc:
+                    raise ProviderError(
+                        f"Google Calendar sent an answer Caly cannot read for {what} ({exc})."
+                    ) from None
             if not isinstance(failure, TransientError):
                 raise failure
             wait = _backoff(attempt=attempt, retry_after=failure.retry_after)
@@ -388,22 +405,22 @@ class GoogleProvider(Provider):
             page = self._execute(
                 self.service.calendarList().list(maxResults=CALENDARS_PAGE, pageToken=page_token),
                 what="the calendar list",
+                decoder=_calendar_pages,
             )
-            for entry in page.get("items", []):
-                if entry.get("deleted") or not entry.get("id"):
+            for entry in page.items:
+                if entry.deleted or not entry.id:
                     continue
-                if entry.get("primary"):
-                    self.username = entry["id"]
+                if entry.primary:
+                    self.username = entry.id
                 calendars.append(
                     RemoteCalendar(
-                        remote_id=entry["id"],
-                        name=(entry.get("summaryOverride") or entry.get("summary") or "")[:500]
-                        or entry["id"],
-                        color=(entry.get("backgroundColor") or "")[:32],
-                        timezone=entry.get("timeZone") or "",
+                        remote_id=entry.id,
+                        name=(entry.summary_override or entry.summary)[:500] or entry.id,
+                        color=entry.background_color[:32],
+                        timezone=entry.time_zone,
                     )
                 )
-            page_token = page.get("nextPageToken")
+            page_token = page.next_page_token
             if not page_token:
                 return calendars
 
@@ -442,17 +459,15 @@ class GoogleProvider(Provider):
                 syncToken=sync_token or None,
             )
             try:
-                page = self._execute(request, what=f"the events of {calendar.name or 'a calendar'}")
+                page = self._execute(request, what=self._events_of(calendar), decoder=_event_pages)
             except SyncTokenExpired:
                 if full:  # a page token outlived its listing: start again later
                     raise TransientError(
                         "Google ended a full listing with HTTP 410; it starts again."
                     ) from None
                 raise
-            batch = self._batch(
-                calendar, page.get("items", ()), page.get(RAW_ITEMS), known, listed, instances
-            )
-            page_token = page.get("nextPageToken")
+            batch = self._batch(calendar, page.items, known, listed, instances)
+            page_token = page.next_page_token
             if page_token:
                 yield batch
                 continue
@@ -460,40 +475,54 @@ class GoogleProvider(Provider):
                 if known and not listed:
                     self._confirm_empty(calendar)
                 batch.deleted_hrefs += [h for h in known if h not in listed]
-            batch.cursor = Cursor(sync_token=page.get("nextSyncToken") or "")
+            batch.cursor = Cursor(sync_token=page.next_sync_token)
             yield batch
             return
+
+    @staticmethod
+    def _events_of(calendar: RemoteCalendar) -> str:
+        return f"the events of {calendar.name or 'a calendar'}"
 
     def _confirm_empty(self, calendar: RemoteCalendar) -> None:
         """A calendar that held events lists as empty: ask once more before deleting them all."""
         again = self._execute(
             self.service.events().list(calendarId=calendar.remote_id, maxResults=1),
-            what=f"the events of {calendar.name or 'a calendar'}",
+            what=self._events_of(calendar),
+            decoder=_event_pages,
         )
-        if again.get("items"):
+        if again.items:
             raise TransientError(
                 f"Google listed no events in {calendar.name or 'a calendar'}, then some; "
                 "nothing was deleted, the sync is tried again."
             )
 
-    def _batch(self, calendar, items, raw_items, known, listed, instances) -> ChangeBatch:
+    def _batch(self, calendar, items, known, listed, instances) -> ChangeBatch:
         batch = ChangeBatch()
-        for position, item in enumerate(items):
-            href = item.get("id")
+        for raw in items:
+            try:
+                item = _events.decode(raw)
+            except msgspec.DecodeError as exc:
+                href = _id_of(raw)
+                if href:
+                    listed.add(href)
+                    reason = f"unreadable Google event: {exc}"
+                    batch.skipped.append(SkippedObject(href=href, reason=reason[:300]))
+                continue
+            href = item.id
             if not href:
                 continue
             listed.add(href)
-            etag = item.get("etag") or ""
+            etag = item.etag
             if etag and known.get(href) == etag:
                 continue  # unchanged since it was stored
-            master_id = item.get("recurringEventId")
-            if item.get("status") == "cancelled" and not master_id:
+            master_id = item.recurring_event_id
+            if item.status == "cancelled" and not master_id:
                 # A deleted event; a recurring one takes its stored exceptions along.
                 batch.deleted_hrefs.append(href)
                 batch.deleted_hrefs += instances.of(href)
                 continue
             try:
-                uid = item.get("iCalUID") or (
+                uid = item.ical_uid or (
                     self._master_uid(calendar, master_id) if master_id else None
                 )
                 if uid is None:
@@ -505,16 +534,14 @@ class GoogleProvider(Provider):
                 reason = f"unreadable Google event: {type(exc).__name__}: {exc}"
                 batch.skipped.append(SkippedObject(href=href, reason=reason[:300]))
                 continue
-            if item.get("recurrence"):
+            if item.recurrence:
                 self._master_uids[href] = uid
             elif master_id:
                 self._master_uids.setdefault(master_id, uid)
                 instances.add(master_id, href)
-            if raw_items is not None:
-                raw = raw_items[position]
-            else:
-                raw = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
-            batch.objects.append(RemoteObject(href=href, etag=etag, events=(event,), raw=raw))
+            batch.objects.append(
+                RemoteObject(href=href, etag=etag, events=(event,), raw=str(raw, "utf-8"))
+            )
         return batch
 
     def _master_uid(self, calendar: RemoteCalendar, master_id: str) -> str | None:
@@ -524,11 +551,12 @@ class GoogleProvider(Provider):
                 master = self._execute(
                     self.service.events().get(calendarId=calendar.remote_id, eventId=master_id),
                     what="a recurring event",
+                    decoder=_events,
                 )
             except (_NotFound, SyncTokenExpired):
-                master = {}
-            alive = master.get("status") != "cancelled"
-            self._master_uids[master_id] = master.get("iCalUID") if alive else None
+                master = None
+            alive = master is not None and master.status != "cancelled"
+            self._master_uids[master_id] = (master.ical_uid or None) if alive else None
         return self._master_uids[master_id]
 
 
@@ -656,13 +684,15 @@ def _zone(name: str) -> dt.tzinfo:
     return UTC
 
 
-def _moment(value: Mapping, *, zone: dt.tzinfo) -> dt.date | dt.datetime:
+def _moment(value: _Time, *, zone: dt.tzinfo) -> dt.date | dt.datetime:
     """A Google start/end/originalStartTime: a date (all-day) or an aware date-time."""
-    if value.get("date"):
-        return dt.date.fromisoformat(value["date"])
-    moment = dt.datetime.fromisoformat(value["dateTime"])
+    if value.date is not None:
+        return value.date
+    moment = value.date_time
+    if moment is None:
+        raise ValueError("a time with neither date nor dateTime")
     if moment.tzinfo is None:  # RFC 3339 requires an offset; be lenient like Google's clients
-        moment = moment.replace(tzinfo=_zone(value["timeZone"]) if value.get("timeZone") else zone)
+        moment = moment.replace(tzinfo=_zone(value.time_zone) if value.time_zone else zone)
     return moment
 
 
@@ -699,44 +729,45 @@ def _recurrence(lines, *, zone: dt.tzinfo) -> tuple[str, tuple[str, ...], tuple[
     return (rrule.to_ical().decode() if rrule is not None else ""), keys("RDATE"), keys("EXDATE")
 
 
-def event_from_google(item: Mapping, *, uid: str, calendar_timezone: str = "") -> RemoteEvent:
+def event_from_google(item: GoogleEvent, *, uid: str, calendar_timezone: str = "") -> RemoteEvent:
     """One Google event resource in Caly's provider-neutral form.
 
     An exception's recurrence_id is its originalStartTime in the form CalDAV's RECURRENCE-ID
     takes (`sync.ical.recurrence_key`), so the same meeting matches across providers. A
     cancelled occurrence of a recurring event stays a row with status CANCELLED.
     """
-    start_field = item.get("start") or item.get("originalStartTime")
-    zone_name = start_field.get("timeZone") or calendar_timezone
+    start_field = item.start or item.original_start_time
+    if start_field is None:
+        raise ValueError("an event with no start")
+    zone_name = start_field.time_zone or calendar_timezone
     zone = _zone(zone_name)
     recurrence_id = ""
-    if "recurringEventId" in item and item.get("originalStartTime"):
-        recurrence_id = recurrence_key(_moment(item["originalStartTime"], zone=zone))
+    if item.recurring_event_id and item.original_start_time:
+        recurrence_id = recurrence_key(_moment(item.original_start_time, zone=zone))
     start_value = _moment(start_field, zone=zone)
     all_day = type(start_value) is dt.date
     start = as_instant(start_value) if all_day else start_value.astimezone(UTC)
-    end_field = item.get("end")
-    if end_field:
-        end_value = _moment(end_field, zone=zone)
+    if item.end is not None:
+        end_value = _moment(item.end, zone=zone)
         end = as_instant(end_value) if type(end_value) is dt.date else end_value.astimezone(UTC)
     else:
-        end = start + (dt.timedelta(days=1) if all_day and item.get("start") else dt.timedelta(0))
+        end = start + (dt.timedelta(days=1) if all_day and item.start else dt.timedelta(0))
     rrule, rdate, exdate = "", (), ()
-    if item.get("recurrence"):
-        rrule, rdate, exdate = _recurrence(item["recurrence"], zone=zone)
+    if item.recurrence:
+        rrule, rdate, exdate = _recurrence(item.recurrence, zone=zone)
     return RemoteEvent(
         uid=uid,
         recurrence_id=recurrence_id,
-        summary=item.get("summary") or "",
-        description=item.get("description") or "",
-        location=item.get("location") or "",
+        summary=item.summary,
+        description=item.description,
+        location=item.location,
         start=start,
         end=end,
         all_day=all_day,
         timezone="" if all_day else zone_name,
-        status=(item.get("status") or "confirmed").upper(),
+        status=(item.status or "confirmed").upper(),
         rrule=rrule,
         rdate=rdate,
         exdate=exdate,
-        last_modified=_parse_time(item.get("updated")),
+        last_modified=_parse_time(item.updated),
     )

@@ -209,7 +209,7 @@ def test_google_series_expand_from_their_stored_fields(api, calendar):
     moved and cancelled instances, exactly as for an iCalendar series."""
     import json
 
-    from sync.providers.google import event_from_google
+    from sync.providers.google import decode_event, event_from_google
 
     master = {
         "id": "weekly1",
@@ -234,7 +234,7 @@ def test_google_series_expand_from_their_stored_fields(api, calendar):
         RemoteObject(
             href=item["id"],
             etag='"1"',
-            events=(event_from_google(item, uid=item["iCalUID"]),),
+            events=(event_from_google(decode_event(json.dumps(item)), uid=item["iCalUID"]),),
             raw=json.dumps(item),
         )
         for item in (master, moved)

@@ -570,15 +570,19 @@ def test_an_empty_listing_is_confirmed_before_everything_is_deleted(google, goog
         '"nextSyncToken":"t"}',
         '{\n "items": [\n  {\n   "id": "a"\n  } ,\n  {"id": "b,]}"}\n ],\n "nextPageToken": "p"\n}\n',
         '{"nextPageToken":"p","items":[]}',
-        '{"kind":"calendar#calendarList"}',
+        '{"kind":"calendar#events"}',
     ],
     ids=["compact", "pretty", "empty", "no-items"],
 )
-def test_pages_keep_each_item_exactly_as_sent(text):
-    from sync.providers.google import RAW_ITEMS, _ItemsKeepingJsonModel
+def test_pages_keep_each_event_exactly_as_sent(text):
+    from sync.providers.google import _event_pages
 
-    page = _ItemsKeepingJsonModel().deserialize(text.encode())
-    raw = page.pop(RAW_ITEMS, [])
-    assert page == json.loads(text)
-    assert [json.loads(r) for r in raw] == page.get("items", [])
+    page = _event_pages.decode(text.encode())
+    raw = [str(item, "utf-8") for item in page.items]
+    expected = json.loads(text)
+    assert [json.loads(r) for r in raw] == expected.get("items", [])
     assert all(r in text for r in raw)
+    assert (page.next_page_token, page.next_sync_token) == (
+        expected.get("nextPageToken", ""),
+        expected.get("nextSyncToken", ""),
+    )
