@@ -84,7 +84,13 @@ def run_claim(
         if account_id is None:
             return Claim("done")
         lease = lease_lock(account_id)
-    run = SyncRun.objects.select_for_update().filter(pk=run_id).first()
+    # The account comes along: the sync needs it next.
+    run = (
+        SyncRun.objects.select_for_update(of=("self",))
+        .select_related("account")
+        .filter(pk=run_id)
+        .first()
+    )
     if run is None or run.state in SyncRun.TERMINAL_STATES:
         return Claim("done", run)
     alive = lease_alive(lease, now)
@@ -151,17 +157,20 @@ def _seconds_until(when: dt.datetime, now: dt.datetime) -> int:
     return max(1, math.ceil((when - now).total_seconds()))
 
 
-@transaction.atomic
-def lease_release(*, account_id: int, token: str) -> SyncRun | None:
-    """Give the lease back; returns a deferred queued run of the account that is now due.
+def lease_release(*, account_id: int, token: str) -> None:
+    """Give the lease back if `token` still holds it (another worker may have taken it over).
+
+    Call it first in the transaction that ends a run: the lease row is locked before any run.
+    """
+    SyncLease.objects.filter(account_id=account_id, holder=token).update(holder="", expires_at=None)
+
+
+def lease_hand_over(*, account_id: int) -> SyncRun | None:
+    """After `lease_release`, in its transaction: a deferred queued run of the account, now due.
 
     The caller publishes that run; until RabbitMQ confirms, it counts as unpublished, so the
     reaper sends it if the caller cannot.
     """
-    lease = lease_lock(account_id)
-    if lease.holder == token:
-        lease.holder, lease.expires_at = "", None
-        lease.save(update_fields=["holder", "expires_at"])
     waiting = (
         SyncRun.objects.select_for_update()
         .filter(account_id=account_id, state=SyncRun.State.QUEUED, deferred=True)

@@ -12,7 +12,7 @@ import math
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -28,6 +28,7 @@ from sync.engine import Plan, StoredEvent, normalize_href, plan_changes
 from sync.leases import (
     LeaseHeartbeat,
     lease_alive,
+    lease_hand_over,
     lease_lock,
     lease_release,
     run_claim,
@@ -285,14 +286,36 @@ def sync_request_stale(
 # --- running a sync -----------------------------------------------------------------------
 @dataclass
 class Counts:
+    """What a run did so far: event counts, calendar progress, the calendars it finished."""
+
     created: int = 0
     updated: int = 0
     deleted: int = 0
+    calendars_total: int = 0
+    calendars_done: int = 0
+    # Their last_synced_at is set when the run ends, in the statement that ends it.
+    calendars_synced: list[int] = field(default_factory=list)
 
     def add(self, plan: Plan) -> None:
         self.created += len(plan.create)
         self.updated += len(plan.update)
         self.deleted += len(plan.delete_ids)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated or self.deleted)
+
+    def event_counts(self) -> dict:
+        return {"created": self.created, "updated": self.updated, "deleted": self.deleted}
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a run ends: its final state and error, and what to record on its account."""
+
+    state: str
+    error: str = ""
+    account: dict = field(default_factory=dict)
 
 
 def sync_run_execute(
@@ -325,16 +348,23 @@ def sync_run_execute(
         state = claim.run.state if claim.run is not None else "missing"
         return {"run": run_id, "state": state, "deferred": claim.outcome == "deferred"}
     run = claim.run
-    outcome = "done"
+    # A retried or continued run adds to what its earlier attempts did.
+    counts = Counts(created=run.created, updated=run.updated, deleted=run.deleted)
+    outcome: str | Ending = "interrupted"
     try:
         with LeaseHeartbeat(account_id=run.account_id, token=claim.token) as heartbeat:
-            outcome = _execute(run, heartbeat=heartbeat)
+            outcome = _execute(run, counts=counts, heartbeat=heartbeat)
     finally:
-        waiting = lease_release(account_id=run.account_id, token=claim.token)
+        ending = outcome if isinstance(outcome, Ending) else None
+        recorded, waiting = _end(run, counts, token=claim.token, ending=ending)
     if waiting is not None:
         _publish_or_leave_to_reaper(waiting)
+    if ending is not None:
+        if not recorded:  # the run (or its account) was deleted while it synced
+            return {"run": run_id, "state": "missing"}
+        return {"run": run.pk, "state": ending.state, **counts.event_counts()}
     run = SyncRun.objects.filter(pk=run.pk).first()
-    if run is None:  # the run (or its account) was deleted while it synced
+    if run is None:
         return {"run": run_id, "state": "missing"}
     if outcome == "retry":
         _publish_or_leave_to_reaper(run)
@@ -346,6 +376,36 @@ def sync_run_execute(
         "deleted": run.deleted,
         "handed_back": outcome == "hand_back",
     }
+
+
+@transaction.atomic  # lease first, then runs: the lock order of sync.leases
+def _end(
+    run: SyncRun, counts: Counts, *, token: str, ending: Ending | None
+) -> tuple[bool, SyncRun | None]:
+    """Give the account's lease back and record how the run ended, in one transaction.
+
+    Returns whether the ending was recorded (False: the run is gone), and a deferred run of
+    the account that is now due, for the caller to publish.
+    """
+    now = timezone.now()
+    lease_release(account_id=run.account_id, token=token)
+    if counts.calendars_synced:
+        Calendar.objects.filter(pk__in=counts.calendars_synced).update(last_synced_at=now)
+    recorded = True
+    if ending is not None:
+        if ending.account:
+            Account.objects.filter(pk=run.account_id).update(**ending.account)
+        recorded = bool(
+            SyncRun.objects.filter(pk=run.pk).update(
+                state=ending.state,
+                finished_at=now,
+                error=ending.error,
+                calendars_total=counts.calendars_total,
+                calendars_done=counts.calendars_done,
+                **counts.event_counts(),
+            )
+        )
+    return recorded, lease_hand_over(account_id=run.account_id)
 
 
 class HandBack(Exception):
@@ -361,10 +421,9 @@ class DeadlineExceeded(TransientError):
         )
 
 
-def _execute(run: SyncRun, *, heartbeat: LeaseHeartbeat) -> str:
-    """Sync the run's account; returns "done", "retry" (queued again) or "hand_back"."""
-    # A retried or continued run adds to what its earlier attempts did.
-    counts = Counts(created=run.created, updated=run.updated, deleted=run.deleted)
+def _execute(run: SyncRun, *, counts: Counts, heartbeat: LeaseHeartbeat) -> str | Ending:
+    """Sync the run's account; returns how the run ends, or "retry" (queued again), "hand_back"
+    or "lost" (another worker took the lease over)."""
     deadline = time.monotonic() + settings.CALY_SYNC_DEADLINE_SECONDS
     try:
         _sync_account(run, counts=counts, heartbeat=heartbeat, deadline=deadline)
@@ -374,23 +433,20 @@ def _execute(run: SyncRun, *, heartbeat: LeaseHeartbeat) -> str:
         # Another worker holds the account's lease and is syncing this very run: leave the run
         # to it rather than overwrite its state.
         logger.warning("sync run %s: lease lost; leaving the run to its new holder", run.pk)
-        return "done"
+        return "lost"
     except TransientError as exc:
         return _retry_or_fail(run, counts, exc)
     except AuthError as exc:
         account = {"status": Account.Status.NEEDS_REAUTH, "last_error": str(exc)}
-        _finish(run, counts, state=SyncRun.State.FAILED, error=str(exc), account=account)
+        return Ending(SyncRun.State.FAILED, error=str(exc), account=account)
     except ProviderError as exc:
-        account = {"last_error": str(exc)}
-        _finish(run, counts, state=SyncRun.State.FAILED, error=str(exc), account=account)
+        return Ending(SyncRun.State.FAILED, error=str(exc), account={"last_error": str(exc)})
     except Exception as exc:
         logger.exception("sync run %s failed", run.pk)
         error = f"Internal error while syncing ({type(exc).__name__}); the team has the details."
-        _finish(run, counts, state=SyncRun.State.FAILED, error=error, account={"last_error": error})
-    else:
-        account = {"last_synced_at": timezone.now(), "last_error": ""}
-        _finish(run, counts, state=SyncRun.State.SUCCEEDED, error="", account=account)
-    return "done"
+        return Ending(SyncRun.State.FAILED, error=error, account={"last_error": error})
+    account = {"last_synced_at": timezone.now(), "last_error": ""}
+    return Ending(SyncRun.State.SUCCEEDED, account=account)
 
 
 def _checkpoint(*, heartbeat: LeaseHeartbeat, deadline: float) -> None:
@@ -403,7 +459,7 @@ def _checkpoint(*, heartbeat: LeaseHeartbeat, deadline: float) -> None:
         raise DeadlineExceeded()
 
 
-def _retry_or_fail(run: SyncRun, counts: Counts, exc: TransientError) -> str:
+def _retry_or_fail(run: SyncRun, counts: Counts, exc: TransientError) -> str | Ending:
     """Queue the run again behind a backoff delay, or fail it once its attempts are used up.
 
     Only one run of an account may be queued: if a follow-up was queued meanwhile, this run
@@ -429,9 +485,7 @@ def _retry_or_fail(run: SyncRun, counts: Counts, exc: TransientError) -> str:
                     retry_at=retry_at,
                     published_at=None,
                     error=note,
-                    created=counts.created,
-                    updated=counts.updated,
-                    deleted=counts.deleted,
+                    **counts.event_counts(),
                 )
             logger.info("sync run %s: %s", run.pk, note)
             return "retry"
@@ -446,42 +500,23 @@ def _retry_or_fail(run: SyncRun, counts: Counts, exc: TransientError) -> str:
                     Q(retry_at=None) | Q(retry_at__lt=retry_at)
                 ).update(retry_at=retry_at)
                 error = f"{exc} Sync #{follow_up.pk} tries again in {delay} s."
-    _finish(run, counts, state=SyncRun.State.FAILED, error=error, account={"last_error": str(exc)})
-    return "done"
+    return Ending(SyncRun.State.FAILED, error=error, account={"last_error": str(exc)})
 
 
 def _hand_back(run: SyncRun, counts: Counts) -> str:
     """Leave the run as interrupted; its requeued message (or the reaper) starts it again."""
     SyncRun.objects.filter(pk=run.pk).update(
         attempts=F("attempts") - 1,  # not the run's fault
-        created=counts.created,
-        updated=counts.updated,
-        deleted=counts.deleted,
+        **counts.event_counts(),
     )
     logger.warning("worker shutting down: sync run %s handed back to the queue", run.pk)
     return "hand_back"
 
 
-@transaction.atomic  # the run and its account in one commit
-def _finish(
-    run: SyncRun, counts: Counts, *, state: str, error: str, account: dict | None = None
-) -> None:
-    if account:
-        Account.objects.filter(pk=run.account_id).update(**account)
-    SyncRun.objects.filter(pk=run.pk).update(
-        state=state,
-        finished_at=timezone.now(),
-        created=counts.created,
-        updated=counts.updated,
-        deleted=counts.deleted,
-        error=error,
-    )
-
-
 def _sync_account(
     run: SyncRun, *, counts: Counts, heartbeat: LeaseHeartbeat, deadline: float
 ) -> None:
-    account = Account.objects.get(pk=run.account_id)
+    account = run.account  # read with the run when it was claimed
     provider = provider_for(account)
     try:
         remote = provider.discover()
@@ -490,7 +525,11 @@ def _sync_account(
         calendars = calendars_reconcile(account=account, remote=remote)
         by_id = {normalize_href(r.remote_id): r for r in remote}
         selected = [c for c in calendars if c.selected]
-        SyncRun.objects.filter(pk=run.pk).update(calendars_total=len(selected), calendars_done=0)
+        counts.calendars_total, counts.calendars_done = len(selected), 0
+        if len(selected) > 1:  # progress across calendars; one calendar shows its events
+            SyncRun.objects.filter(pk=run.pk).update(
+                calendars_total=len(selected), calendars_done=0
+            )
         for calendar in selected:
             _sync_calendar(
                 run,
@@ -501,7 +540,10 @@ def _sync_account(
                 heartbeat=heartbeat,
                 deadline=deadline,
             )
-            SyncRun.objects.filter(pk=run.pk).update(calendars_done=F("calendars_done") + 1)
+            counts.calendars_done += 1
+            counts.calendars_synced.append(calendar.pk)
+            if counts.calendars_done < counts.calendars_total:  # the last one ends the run
+                SyncRun.objects.filter(pk=run.pk).update(calendars_done=counts.calendars_done)
     finally:
         provider.close()
 
@@ -521,7 +563,9 @@ def _sync_calendar(
     heartbeat: LeaseHeartbeat,
     deadline: float,
 ) -> None:
-    known = dict(Event.objects.filter(calendar=calendar).values_list("href", "etag").distinct())
+    known = dict(
+        Event.objects.filter(calendar=calendar).order_by().values_list("href", "etag").distinct()
+    )
     cursor = Cursor(sync_token=calendar.sync_token, ctag=calendar.ctag)
     for batch in provider.changes(remote, cursor=cursor, known=known):
         _checkpoint(heartbeat=heartbeat, deadline=deadline)
@@ -529,11 +573,12 @@ def _sync_calendar(
         counts.add(plan)
         processed = sum(len(o.events) for o in batch.objects) + len(batch.deleted_hrefs)
         if processed:  # an empty batch (nothing changed) has no progress to show
-            updates = {"events_processed": F("events_processed") + processed}
-            if any(counts.__dict__.values()):
-                updates.update(
-                    created=counts.created, updated=counts.updated, deleted=counts.deleted
-                )
+            updates = {
+                "events_processed": F("events_processed") + processed,
+                "calendars_total": counts.calendars_total,
+            }
+            if counts.changed:
+                updates.update(counts.event_counts())
             SyncRun.objects.filter(pk=run.pk).update(**updates)
         if batch.skipped:
             _record_skipped(run, calendar, batch)
@@ -549,9 +594,22 @@ def _record_skipped(run: SyncRun, calendar: Calendar, batch: ChangeBatch) -> Non
         locked.save(update_fields=["skipped"])
 
 
-@transaction.atomic
 def events_apply(*, calendar: Calendar, batch: ChangeBatch) -> Plan:
-    """Store one batch of changes; the calendar's cursor moves only with the last batch."""
+    """Store one batch of changes; the calendar's cursor moves only with the last batch.
+
+    A batch with nothing in it and the cursor where it was (a sync that found no change) costs
+    no statement at all.
+    """
+    cursor = batch.cursor
+    if not (batch.objects or batch.deleted_hrefs) and (
+        cursor is None or (cursor.sync_token, cursor.ctag) == (calendar.sync_token, calendar.ctag)
+    ):
+        return Plan()
+    with transaction.atomic():
+        return _events_store(calendar, batch)
+
+
+def _events_store(calendar: Calendar, batch: ChangeBatch) -> Plan:
     _skip_oversized(batch)
     hrefs = {normalize_href(o.href) for o in batch.objects}
     hrefs |= {normalize_href(h) for h in batch.deleted_hrefs}
@@ -576,10 +634,9 @@ def events_apply(*, calendar: Calendar, batch: ChangeBatch) -> Plan:
         now = timezone.now()
         _events_upsert(calendar, plan.writes, now=now)
     if batch.cursor is not None:
+        calendar.sync_token, calendar.ctag = batch.cursor.sync_token, batch.cursor.ctag
         Calendar.objects.filter(pk=calendar.pk).update(
-            sync_token=batch.cursor.sync_token,
-            ctag=batch.cursor.ctag,
-            last_synced_at=timezone.now(),
+            sync_token=calendar.sync_token, ctag=calendar.ctag
         )
     return plan
 
