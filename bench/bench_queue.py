@@ -10,6 +10,9 @@ the sync queue; accounts use the fake provider of the test suite. Figures:
 - max_displacement_*: the most places a request started behind a later one (promise: <= C-1).
 - fleet_*: 200 accounts behind a provider taking 100 ms a request; wall time / ideal, where
   ideal = requests x latency / slots. Chart: bench/out/queue_start_order.png.
+- cpu_ms_per_run_workers / _machine: CPU per no-change run in the worker processes, and on the
+  whole machine (PostgreSQL, RabbitMQ, the kernel too); machine_cpu_busy_share: how busy all
+  cores were meanwhile (1.0: the machine was the limit).
 - db_connections_peak: connections to the benchmark database while thousands of runs went by.
 
 Backlogs are published while the workers are idle on another queue, then the workers are told
@@ -138,14 +141,15 @@ def cpu_seconds(pids) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def database_backends() -> list[int]:
-    """PostgreSQL server processes serving the benchmark database (the workers' connections)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            " AND pid <> pg_backend_pid()"
-        )
-        return [row[0] for row in cursor.fetchall()]
+def machine_cpu_seconds() -> float:
+    """Busy CPU time of the whole machine so far, all cores (Linux /proc/stat).
+
+    The workers' own CPU is read per process; PostgreSQL's server processes and the kernel's
+    share are only visible here, so the difference is the cost of a run outside the worker.
+    """
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def request_all(accounts) -> list[int]:
@@ -235,13 +239,14 @@ def main() -> None:
         wait_terminal(warm)
         fleet.consume(False)
         run_ids = request_all(accounts)
-        backends = database_backends()  # the worker threads' connections, kept from the warm-up
-        workers_cpu, database_cpu = cpu_seconds(fleet.pids()), cpu_seconds(backends)
+        workers_cpu, machine_cpu = cpu_seconds(fleet.pids()), machine_cpu_seconds()
+        window = time.perf_counter()
         fleet.consume(True)
         caly_seconds = depth.drain_seconds(N_RUNS)
         runs = wait_terminal(run_ids)
         workers_cpu = cpu_seconds(fleet.pids()) - workers_cpu
-        database_cpu = cpu_seconds(backends) - database_cpu
+        machine_cpu = machine_cpu_seconds() - machine_cpu
+        window = time.perf_counter() - window
         assert {r.state for r in runs} == {"succeeded"}, "some benchmark syncs failed"
         assert sum(r.created + r.updated + r.deleted for r in runs) == 0
         figures["caly_runs_per_s"] = N_RUNS / caly_seconds
@@ -250,7 +255,12 @@ def main() -> None:
         figures["caly_to_noop_ratio"] = figures["caly_runs_per_s"] / figures["noop_tasks_per_s"]
         figures["max_displacement_no_change_runs"] = max_start_displacement(runs)
         figures["cpu_ms_per_run_workers"] = workers_cpu / N_RUNS * 1000
-        figures["cpu_ms_per_run_database"] = database_cpu / N_RUNS * 1000
+        figures["machine_cpu_busy_share"] = machine_cpu / (window * (os.cpu_count() or 1))
+        # From the slot taking the message to the run's end, with every slot busy.
+        busy = [(r.finished_at - r.started_at).total_seconds() * 1000 for r in runs]
+        figures["no_change_run_duration_p50_ms"] = percentile(busy, 50)
+        figures["no_change_run_duration_p95_ms"] = percentile(busy, 95)
+        figures["cpu_ms_per_run_machine"] = machine_cpu / N_RUNS * 1000
 
         # 3. Request -> start latency at half the measured capacity (consumers on).
         rate = figures["caly_runs_per_s"] / 2

@@ -96,6 +96,10 @@ else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CALY_DB_CONN_MAX_AGE", default=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 CALY_WORKER_DB_CONN_MAX_AGE = env.int("CALY_WORKER_DB_CONN_MAX_AGE", default=300)
+# Celery's Django fixup closes the task thread's database connection before and after every
+# task unless this is set; it then does so only once per this many tasks of the process, and
+# the task_postrun hook in caly/celery.py closes connections by age or error as Django does.
+CELERY_DB_REUSE_MAX = env.int("CALY_WORKER_DB_REUSE_MAX", default=1000)
 # Concurrent test runs on one server each get their own test database.
 DATABASES["default"]["TEST"] = {"NAME": env.str("CALY_TEST_DATABASE", default=None)}
 

@@ -83,7 +83,8 @@ def run_claim(
         account_id = account_of_run.values_list("account_id", flat=True).first()
         if account_id is None:
             return Claim("done")
-        lease = lease_lock(account_id)
+        SyncLease.objects.bulk_create([SyncLease(account_id=account_id)], ignore_conflicts=True)
+        lease = SyncLease.objects.select_for_update().get(account_id=account_id)
     # The account comes along: the sync needs it next.
     run = (
         SyncRun.objects.select_for_update(of=("self",))

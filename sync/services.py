@@ -293,6 +293,9 @@ class Counts:
     deleted: int = 0
     calendars_total: int = 0
     calendars_done: int = 0
+    # Events applied but not yet added to the run's progress: the last batch's are written
+    # with the run's ending instead of in a statement of their own.
+    events_unrecorded: int = 0
     # Their last_synced_at is set when the run ends, in the statement that ends it.
     calendars_synced: list[int] = field(default_factory=list)
 
@@ -402,6 +405,7 @@ def _end(
                 error=ending.error,
                 calendars_total=counts.calendars_total,
                 calendars_done=counts.calendars_done,
+                events_processed=F("events_processed") + counts.events_unrecorded,
                 **counts.event_counts(),
             )
         )
@@ -571,15 +575,18 @@ def _sync_calendar(
         _checkpoint(heartbeat=heartbeat, deadline=deadline)
         plan = events_apply(calendar=calendar, batch=batch)
         counts.add(plan)
-        processed = sum(len(o.events) for o in batch.objects) + len(batch.deleted_hrefs)
-        if processed:  # an empty batch (nothing changed) has no progress to show
+        counts.events_unrecorded += sum(len(o.events) for o in batch.objects)
+        counts.events_unrecorded += len(batch.deleted_hrefs)
+        last = batch.cursor is not None and counts.calendars_done + 1 == counts.calendars_total
+        if counts.events_unrecorded and not last:  # an empty batch has no progress to show
             updates = {
-                "events_processed": F("events_processed") + processed,
+                "events_processed": F("events_processed") + counts.events_unrecorded,
                 "calendars_total": counts.calendars_total,
             }
             if counts.changed:
                 updates.update(counts.event_counts())
             SyncRun.objects.filter(pk=run.pk).update(**updates)
+            counts.events_unrecorded = 0
         if batch.skipped:
             _record_skipped(run, calendar, batch)
 
