@@ -530,10 +530,8 @@ def _sync_account(
         by_id = {normalize_href(r.remote_id): r for r in remote}
         selected = [c for c in calendars if c.selected]
         counts.calendars_total, counts.calendars_done = len(selected), 0
-        if len(selected) > 1:  # progress across calendars; one calendar shows its events
-            SyncRun.objects.filter(pk=run.pk).update(
-                calendars_total=len(selected), calendars_done=0
-            )
+        # Someone watching sees the sync past discovery ("0/1 calendars") while it lists events.
+        SyncRun.objects.filter(pk=run.pk).update(calendars_total=len(selected), calendars_done=0)
         for calendar in selected:
             _sync_calendar(
                 run,
@@ -579,10 +577,7 @@ def _sync_calendar(
         counts.events_unrecorded += len(batch.deleted_hrefs)
         last = batch.cursor is not None and counts.calendars_done + 1 == counts.calendars_total
         if counts.events_unrecorded and not last:  # an empty batch has no progress to show
-            updates = {
-                "events_processed": F("events_processed") + counts.events_unrecorded,
-                "calendars_total": counts.calendars_total,
-            }
+            updates = {"events_processed": F("events_processed") + counts.events_unrecorded}
             if counts.changed:
                 updates.update(counts.event_counts())
             SyncRun.objects.filter(pk=run.pk).update(**updates)
