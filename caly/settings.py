@@ -282,8 +282,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
-# Task history in the database, shown in the admin by django-celery-results.
-CELERY_RESULT_BACKEND = "django-db"
+# Task history in the database, shown in the admin by django-celery-results; its backend,
+# writing each result in one statement (sync.results).
+CELERY_RESULT_BACKEND = "sync.results:ResultBackend"
 CELERY_RESULT_EXTENDED = True
 CELERY_TASK_TRACK_STARTED = True
 CELERY_RESULT_EXPIRES = env.int("CALY_RESULT_EXPIRES_SECONDS", default=7 * 24 * 3600)

@@ -1,9 +1,15 @@
 """Sync runs (one request to sync one account) and the per-account lease that serialises them."""
 
-from django.db import models
+import json
+
+from celery import states
+from django.db import connections, models, router
 from django.utils import timezone
+from django_celery_results.managers import TaskResultManager
+from django_celery_results.models import TaskResult
 
 from calendars.models import Account
+from caly.scrub import scrub
 
 
 class SyncRun(models.Model):
@@ -95,3 +101,83 @@ class RequestBudget(models.Model):
 
     def __str__(self):
         return f"request budget {self.key}"
+
+
+class TaskHistoryManager(TaskResultManager):
+    """Writes a task's result in one INSERT ... ON CONFLICT statement.
+
+    django-celery-results reads the row, then inserts or updates it in a transaction: four
+    round trips to the database for every sync run. The traceback and exception of a failed
+    task are scrubbed of secrets first, as logs are.
+    """
+
+    def store_result(
+        self,
+        content_type,
+        content_encoding,
+        task_id,
+        result,
+        status,
+        traceback=None,
+        meta=None,
+        periodic_task_name=None,
+        task_name=None,
+        task_args=None,
+        task_kwargs=None,
+        worker=None,
+        using=None,
+        **kwargs,
+    ):
+        now = timezone.now()
+        if status in states.EXCEPTION_STATES and isinstance(result, str):
+            result = _scrub_json(result)
+        values = {
+            "task_id": task_id,
+            "status": status,
+            "result": result,
+            "traceback": scrub(traceback) if traceback else traceback,
+            "meta": meta,
+            "content_encoding": content_encoding,
+            "content_type": content_type,
+            "periodic_task_name": periodic_task_name,
+            "task_name": task_name,
+            "task_args": task_args,
+            "task_kwargs": task_kwargs,
+            "worker": worker,
+            "date_done": now,
+        }
+        if "date_started" in kwargs:  # a STARTED state
+            values["date_started"] = now
+        connection = connections[using or router.db_for_write(self.model)]
+        options, quote = self.model._meta, connection.ops.quote_name
+        inserted = {**values, "date_created": now}
+        fields = {name: options.get_field(name) for name in inserted}
+        column = {name: quote(field.column) for name, field in fields.items()}
+        updates = ", ".join(f"{column[n]} = EXCLUDED.{column[n]}" for n in values if n != "task_id")
+        sql = (
+            f"INSERT INTO {quote(options.db_table)} ({', '.join(column.values())}) "
+            f"VALUES ({', '.join(['%s'] * len(inserted))}) "
+            f"ON CONFLICT ({column['task_id']}) DO UPDATE SET {updates}"
+        )
+        params = [fields[n].get_db_prep_save(v, connection) for n, v in inserted.items()]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+
+
+def _scrub_json(text: str) -> str:
+    scrubbed = scrub(text)
+    try:
+        json.loads(scrubbed)
+    except ValueError:  # the secret's pattern took JSON syntax along: keep the text readable
+        return json.dumps({"exc_type": "Error", "exc_message": [scrubbed]})
+    return scrubbed
+
+
+class TaskHistory(TaskResult):
+    """django-celery-results' task results, stored by `TaskHistoryManager` (see sync.results)."""
+
+    objects = TaskHistoryManager()
+
+    class Meta:
+        proxy = True
+        verbose_name = "task history"
