@@ -296,8 +296,8 @@ class Counts:
     # Events applied but not yet added to the run's progress: the last batch's are written
     # with the run's ending instead of in a statement of their own.
     events_unrecorded: int = 0
-    # Their last_synced_at is set when the run ends, in the statement that ends it.
-    calendars_synced: list[int] = field(default_factory=list)
+    # Calendars found unchanged (nothing written): their last_synced_at is set with the ending.
+    calendars_unchanged: list[int] = field(default_factory=list)
 
     def add(self, plan: Plan) -> None:
         self.created += len(plan.create)
@@ -392,8 +392,8 @@ def _end(
     """
     now = timezone.now()
     lease_release(account_id=run.account_id, token=token)
-    if counts.calendars_synced:
-        Calendar.objects.filter(pk__in=counts.calendars_synced).update(last_synced_at=now)
+    if counts.calendars_unchanged:
+        Calendar.objects.filter(pk__in=counts.calendars_unchanged).update(last_synced_at=now)
     recorded = True
     if ending is not None:
         if ending.account:
@@ -533,6 +533,7 @@ def _sync_account(
         # Someone watching sees the sync past discovery ("0/1 calendars") while it lists events.
         SyncRun.objects.filter(pk=run.pk).update(calendars_total=len(selected), calendars_done=0)
         for calendar in selected:
+            synced_at = calendar.last_synced_at
             _sync_calendar(
                 run,
                 provider,
@@ -543,7 +544,8 @@ def _sync_account(
                 deadline=deadline,
             )
             counts.calendars_done += 1
-            counts.calendars_synced.append(calendar.pk)
+            if calendar.last_synced_at == synced_at:  # its cursor did not move
+                counts.calendars_unchanged.append(calendar.pk)
             if counts.calendars_done < counts.calendars_total:  # the last one ends the run
                 SyncRun.objects.filter(pk=run.pk).update(calendars_done=counts.calendars_done)
     finally:
@@ -637,8 +639,11 @@ def _events_store(calendar: Calendar, batch: ChangeBatch) -> Plan:
         _events_upsert(calendar, plan.writes, now=now)
     if batch.cursor is not None:
         calendar.sync_token, calendar.ctag = batch.cursor.sync_token, batch.cursor.ctag
+        calendar.last_synced_at = timezone.now()
         Calendar.objects.filter(pk=calendar.pk).update(
-            sync_token=calendar.sync_token, ctag=calendar.ctag
+            sync_token=calendar.sync_token,
+            ctag=calendar.ctag,
+            last_synced_at=calendar.last_synced_at,
         )
     return plan
 
