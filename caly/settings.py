@@ -275,6 +275,11 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # After a lost broker connection, running syncs carry on: their messages are redelivered and the
 # account lease makes the second delivery wait instead of syncing the account twice.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# Celery lowers the prefetch after a reconnection while such syncs run and raises it again as
+# new messages are acknowledged; a worker was seen stuck at the lowered prefetch, taking no more
+# messages, after its connection was closed mid-load. Off: the new connection prefetches T
+# again at once (messages that wait for a slot held by a sync from the lost connection).
+CELERY_WORKER_ENABLE_PREFETCH_COUNT_REDUCTION = False
 # No time limits: the thread pool cannot enforce them. A sync checks its own deadline between
 # batches (CALY_SYNC_DEADLINE_SECONDS) and every HTTP call has a timeout.
 # Prefetch exactly one message per slot: a worker never sits on messages others could start.
