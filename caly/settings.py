@@ -5,7 +5,8 @@ from pathlib import Path
 import environ
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
-from kombu import Exchange, Queue
+
+from caly.queues import durable_queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -300,13 +301,7 @@ CELERY_TIMEZONE = "UTC"
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_TASK_DEFAULT_QUEUE = CALY_MAINTENANCE_QUEUE
 CELERY_TASK_QUEUES = [
-    Queue(
-        name,
-        Exchange(name, type="direct", durable=True),
-        routing_key=name,
-        durable=True,
-        queue_arguments={"x-queue-type": CALY_QUEUE_TYPE},
-    )
+    durable_queue(name, queue_type=CALY_QUEUE_TYPE)
     for name in (CALY_SYNC_QUEUE, CALY_MAINTENANCE_QUEUE)
 ]
 CELERY_TASK_ROUTES = {"sync.run_sync": {"queue": CALY_SYNC_QUEUE, "routing_key": CALY_SYNC_QUEUE}}

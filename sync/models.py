@@ -1,5 +1,6 @@
 """Sync runs (one request to sync one account) and the per-account lease that serialises them."""
 
+import functools
 import json
 
 from celery import states
@@ -148,20 +149,26 @@ class TaskHistoryManager(TaskResultManager):
         }
         if "date_started" in kwargs:  # a STARTED state
             values["date_started"] = now
-        connection = connections[using or router.db_for_write(self.model)]
-        options, quote = self.model._meta, connection.ops.quote_name
+        alias = using or router.db_for_write(self.model)
+        connection = connections[alias]
         inserted = {**values, "date_created": now}
-        fields = {name: options.get_field(name) for name in inserted}
-        column = {name: quote(field.column) for name, field in fields.items()}
-        updates = ", ".join(f"{column[n]} = EXCLUDED.{column[n]}" for n in values if n != "task_id")
-        sql = (
-            f"INSERT INTO {quote(options.db_table)} ({', '.join(column.values())}) "
-            f"VALUES ({', '.join(['%s'] * len(inserted))}) "
-            f"ON CONFLICT ({column['task_id']}) DO UPDATE SET {updates}"
-        )
-        params = [fields[n].get_db_prep_save(v, connection) for n, v in inserted.items()]
+        options = self.model._meta
+        params = [options.get_field(n).get_db_prep_save(v, connection) for n, v in inserted.items()]
         with connection.cursor() as cursor:
-            cursor.execute(sql, params)
+            cursor.execute(_upsert_sql(self.model, alias, tuple(values)), params)
+
+
+@functools.cache
+def _upsert_sql(model, alias: str, names: tuple[str, ...]) -> str:
+    """INSERT of `names` and date_created; a known task_id gets `names` updated instead."""
+    options, quote = model._meta, connections[alias].ops.quote_name
+    column = {n: quote(options.get_field(n).column) for n in (*names, "date_created")}
+    updates = ", ".join(f"{column[n]} = EXCLUDED.{column[n]}" for n in names if n != "task_id")
+    return (
+        f"INSERT INTO {quote(options.db_table)} ({', '.join(column.values())}) "
+        f"VALUES ({', '.join(['%s'] * len(column))}) "
+        f"ON CONFLICT ({column['task_id']}) DO UPDATE SET {updates}"
+    )
 
 
 def _scrub_json(text: str) -> str:

@@ -15,20 +15,15 @@ import random
 from django.conf import settings
 from kombu import Exchange, Queue
 
+from caly.queues import durable_queue
+
 # A delay queue outlives its last message by this long, then RabbitMQ deletes it.
 DELAY_QUEUE_IDLE_SECONDS = 60
 
 
 def sync_queue() -> Queue:
     """The durable queue every sync worker consumes (declared the same way as in settings)."""
-    name = settings.CALY_SYNC_QUEUE
-    return Queue(
-        name,
-        Exchange(name, type="direct", durable=True),
-        routing_key=name,
-        durable=True,
-        queue_arguments={"x-queue-type": settings.CALY_QUEUE_TYPE},
-    )
+    return durable_queue(settings.CALY_SYNC_QUEUE, queue_type=settings.CALY_QUEUE_TYPE)
 
 
 def delay_queue(seconds: int) -> Queue:

@@ -12,9 +12,9 @@ import uuid
 
 import pytest
 from django.conf import settings
-from kombu import Exchange, Queue
 
 from calendars.models import Account, Calendar, Event
+from caly.queues import durable_queue
 from sync.models import SyncRun
 from tests.support.caldav_servers import vevent
 from tests.support.hostile_server import HostileCalDAV
@@ -38,22 +38,12 @@ def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-def _queue(name: str) -> Queue:
-    return Queue(
-        name,
-        Exchange(name, type="direct", durable=True),
-        routing_key=name,
-        durable=True,
-        queue_arguments={"x-queue-type": settings.CALY_QUEUE_TYPE},
-    )
-
-
 @pytest.fixture(scope="module")
 def hostile_worker(django_db_setup, django_db_blocker):
     prefix = f"{settings.CALY_QUEUE_PREFIX}-hostile"
     with django_db_blocker.unblock():
         worker = start_worker(threads=2, env={"CALY_QUEUE_PREFIX": prefix, **LIMITS})
-    worker.queue = _queue(f"{prefix}.sync")
+    worker.queue = durable_queue(f"{prefix}.sync", queue_type=settings.CALY_QUEUE_TYPE)
     yield worker
     worker.stop()
     from caly.celery import app

@@ -105,19 +105,24 @@ class _TokenResponse(google.auth.transport.Response):
         return self._data
 
 
+def _send(method: str, url: str, *, body, headers, timeout: float | None = None):
+    """One request over Caly's pooled session, with its timeout; redirects are not followed."""
+    return http.session().request(
+        method,
+        url,
+        data=body,
+        headers=headers,
+        timeout=timeout or settings.CALY_HTTP_TIMEOUT,
+        allow_redirects=False,
+    )
+
+
 class _TokenTransport(google.auth.transport.Request):
     """google-auth's way of reaching the token endpoint, over Caly's session with its timeout."""
 
     def __call__(self, url, method="GET", body=None, headers=None, timeout=None, **kwargs):
         try:
-            response = http.session().request(
-                method,
-                url,
-                data=body,
-                headers=headers,
-                timeout=timeout or settings.CALY_HTTP_TIMEOUT,
-                allow_redirects=False,
-            )
+            response = _send(method, url, body=body, headers=headers, timeout=timeout)
         except niquests.exceptions.RequestException as exc:
             raise google.auth.exceptions.TransportError(
                 f"cannot reach the token endpoint ({type(exc).__name__})"
@@ -148,14 +153,7 @@ class _Transport:
             token = provider._access_token()
             headers["authorization"] = f"Bearer {token}"
             try:
-                response = http.session().request(
-                    method,
-                    uri,
-                    data=body,
-                    headers=headers,
-                    timeout=settings.CALY_HTTP_TIMEOUT,
-                    allow_redirects=False,
-                )
+                response = _send(method, uri, body=body, headers=headers)
             except niquests.exceptions.Timeout:
                 raise TransientError(
                     f"Google Calendar did not answer within {settings.CALY_HTTP_TIMEOUT:g} s."

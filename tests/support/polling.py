@@ -1,8 +1,9 @@
 """Waiting for something another process does: poll with a deadline, never a bare sleep."""
 
-import time
 from collections.abc import Callable
 from typing import TypeVar
+
+from caly import polling
 
 T = TypeVar("T")
 
@@ -10,11 +11,7 @@ T = TypeVar("T")
 def wait_for(
     condition: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
 ) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(interval)
+    """`caly.polling.wait_for`, failing the test with an AssertionError."""
+    return polling.wait_for(
+        condition, timeout=timeout, interval=interval, what=what, error=AssertionError
+    )

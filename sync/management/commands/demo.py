@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -24,6 +23,7 @@ from icalendar import Calendar as ICalendar
 from icalendar import Event as IEvent
 
 from calendars.models import Account, Event
+from caly.polling import wait_for
 from sync import services
 from sync.models import SyncRun
 from sync.providers.base import ProviderError
@@ -56,14 +56,14 @@ class Command(BaseCommand):
         # honcho stops every process with SIGTERM; take Radicale along.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
-            wait_until(lambda: _answers(radicale_url + "/", radicale), 30, "Radicale to start")
+            wait(lambda: _answers(radicale_url + "/", radicale), 30, "Radicale to start")
             calendars = seed(radicale_url, DEMO_USER)
             user = demo_user()
             account = demo_account(user, radicale_url)
             run = services.sync_request(user=user, account=account, trigger="command")[0]
             self.stdout.write(f"demo: sync #{run.pk} queued; waiting for a worker to run it")
-            wait_until(lambda: _answers(web_url + "login/"), timeout, "the web server")
-            run = wait_until(
+            wait(lambda: _answers(web_url + "login/"), timeout, "the web server")
+            run = wait(
                 lambda: (
                     SyncRun.objects.filter(pk=run.pk, state__in=["succeeded", "failed"])
                     .select_related("account")
@@ -81,15 +81,8 @@ class Command(BaseCommand):
                 radicale.wait(timeout=10)
 
 
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise CommandError(f"Gave up after {timeout:.0f} s waiting for {what}.")
-        time.sleep(0.2)
+def wait(condition, timeout: float, what: str):
+    return wait_for(condition, timeout=timeout, interval=0.2, what=what, error=CommandError)
 
 
 def _answers(url: str, process: subprocess.Popen | None = None) -> bool:
