@@ -542,6 +542,27 @@ def test_provider_objects_carry_the_google_id_etag_and_json(google, google_setti
     assert batch.cursor is not None and batch.cursor.sync_token
 
 
+def test_an_unreadable_event_is_skipped_and_named_the_rest_of_its_page_stored(
+    google, google_settings
+):
+    user = google.add_user(page_size=3)
+    good = [google.insert_event(user, summary=f"Fine {i}")["id"] for i in range(2)]
+    bad = google.insert_event(user, summary="Broken")["id"]
+    google.update_event(user, None, bad, summary=12345)  # Google sends strings; this is not one
+    account = connect(user)
+    (run,) = services.sync_request(
+        user=account.owner, account=account, trigger="command", publish=False
+    )
+
+    services.sync_run_execute(run_id=run.pk)
+
+    run.refresh_from_db()
+    assert run.state == "succeeded", run.error
+    assert sorted(e.href for e in stored(account).values()) == sorted(good)
+    ((entry),) = run.skipped
+    assert entry["href"] == bad and "unreadable Google event" in entry["reason"]
+
+
 def test_an_empty_listing_is_confirmed_before_everything_is_deleted(google, google_settings):
     user = google.add_user()
     ids = [google.insert_event(user, summary=f"E{i}")["id"] for i in range(3)]
