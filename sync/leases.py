@@ -19,6 +19,7 @@ from django.db import close_old_connections, connection, transaction
 from django.db.models import Subquery
 from django.utils import timezone
 
+from caly.rows import only_row, update_rows
 from sync.models import SyncLease, SyncRun
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def lease_alive(lease: SyncLease | None, now: dt.datetime | None = None) -> bool
 
 def lease_lock(account_id: int) -> SyncLease:
     """The account's lease row, locked until the transaction ends (created if missing)."""
-    lease = SyncLease.objects.select_for_update().filter(account_id=account_id).first()
+    lease = only_row(SyncLease.objects.select_for_update().filter(account_id=account_id))
     if lease is None:  # the account's first sync
         SyncLease.objects.get_or_create(account_id=account_id)
         lease = SyncLease.objects.select_for_update().get(account_id=account_id)
@@ -75,22 +76,19 @@ def run_claim(
     start-order promise goes (the claim itself may wait for the database).
     """
     now = timezone.now()
-    account_of_run = SyncRun.objects.filter(pk=run_id).values("account_id")[:1]
-    lease = (
-        SyncLease.objects.select_for_update().filter(account_id=Subquery(account_of_run)).first()
+    account_of_run = SyncRun.objects.filter(pk=run_id).values("account_id")
+    lease = only_row(
+        SyncLease.objects.select_for_update().filter(account_id=Subquery(account_of_run))
     )
     if lease is None:  # the account's first sync, or the run is gone
-        account_id = account_of_run.values_list("account_id", flat=True).first()
+        account_id = only_row(account_of_run.values_list("account_id", flat=True))
         if account_id is None:
             return Claim("done")
         SyncLease.objects.bulk_create([SyncLease(account_id=account_id)], ignore_conflicts=True)
         lease = SyncLease.objects.select_for_update().get(account_id=account_id)
     # The account comes along: the sync needs it next.
-    run = (
-        SyncRun.objects.select_for_update(of=("self",))
-        .select_related("account")
-        .filter(pk=run_id)
-        .first()
+    run = only_row(
+        SyncRun.objects.select_for_update(of=("self",)).select_related("account").filter(pk=run_id)
     )
     if run is None or run.state in SyncRun.TERMINAL_STATES:
         return Claim("done", run)
@@ -111,7 +109,7 @@ def run_claim(
         return Claim("deferred", run)
     token = lease_token(run_id=run.pk, worker=worker)
     lease.holder, lease.expires_at = token, now + _ttl()
-    lease.save(update_fields=["holder", "expires_at"])
+    update_rows(SyncLease, {"pk": lease.pk}, {"holder": token, "expires_at": lease.expires_at})
     run.state = SyncRun.State.RUNNING
     # The first start is the one the order promise is about.
     run.started_at = run.started_at or min(received_at or now, now)
@@ -120,7 +118,8 @@ def run_claim(
     run.retry_at = None
     if task_id:
         run.task_id = task_id
-    run.save(update_fields=["state", "started_at", "attempts", "deferred", "retry_at", "task_id"])
+    fields = ("state", "started_at", "attempts", "deferred", "retry_at", "task_id")
+    update_rows(SyncRun, {"pk": run.pk}, {name: getattr(run, name) for name in fields})
     return Claim("acquired", run, token=token)
 
 
@@ -131,11 +130,10 @@ def run_recover_interrupted(*, run: SyncRun, now: dt.datetime) -> bool:
     (its caller then delivers it), False if it was ended.
     """
     max_attempts = settings.CALY_SYNC_MAX_ATTEMPTS
-    sibling = (
+    sibling = only_row(
         SyncRun.objects.filter(account_id=run.account_id, state=SyncRun.State.QUEUED)
         .exclude(pk=run.pk)
         .values_list("pk", flat=True)
-        .first()
     )
     if run.attempts >= max_attempts:
         error = f"The worker running this sync stopped {run.attempts} times; gave up."
@@ -163,7 +161,9 @@ def lease_release(*, account_id: int, token: str) -> None:
 
     Call it first in the transaction that ends a run: the lease row is locked before any run.
     """
-    SyncLease.objects.filter(account_id=account_id, holder=token).update(holder="", expires_at=None)
+    update_rows(
+        SyncLease, {"account_id": account_id, "holder": token}, {"holder": "", "expires_at": None}
+    )
 
 
 def lease_hand_over(*, account_id: int) -> SyncRun | None:
@@ -172,23 +172,25 @@ def lease_hand_over(*, account_id: int) -> SyncRun | None:
     The caller publishes that run; until RabbitMQ confirms, it counts as unpublished, so the
     reaper sends it if the caller cannot.
     """
-    waiting = (
-        SyncRun.objects.select_for_update()
-        .filter(account_id=account_id, state=SyncRun.State.QUEUED, deferred=True)
-        .first()
-    )
-    if waiting is not None:
-        waiting.deferred = False
-        waiting.published_at = None
-        waiting.save(update_fields=["deferred", "published_at"])
-    return waiting
+    # An account has at most one queued run. The update locks it; most syncs find none, and
+    # then this is the only statement.
+    queued = {"account_id": account_id, "state": SyncRun.State.QUEUED}
+    if not update_rows(
+        SyncRun, {**queued, "deferred": True}, {"deferred": False, "published_at": None}
+    ):
+        return None
+    return only_row(SyncRun.objects.filter(**queued))
 
 
 def lease_renew(*, tokens: list[str]) -> set[str]:
     """Extend the given leases; returns the tokens that are no longer held (taken over)."""
     if not tokens:
         return set()
-    SyncLease.objects.filter(holder__in=tokens).update(expires_at=timezone.now() + _ttl())
+    renewed = update_rows(
+        SyncLease, {"holder__in": tokens}, {"expires_at": timezone.now() + _ttl()}
+    )
+    if renewed == len(set(tokens)):  # tokens are unique: every one is still held
+        return set()
     held = set(SyncLease.objects.filter(holder__in=tokens).values_list("holder", flat=True))
     return set(tokens) - held
 

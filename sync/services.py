@@ -23,6 +23,7 @@ from django.utils import timezone
 from kombu.exceptions import KombuError, OperationalError
 
 from calendars.models import Account, Calendar, Event
+from caly.rows import update_rows
 from sync import lifecycle, retry, selectors
 from sync.engine import Plan, StoredEvent, normalize_href, plan_changes
 from sync.leases import (
@@ -139,9 +140,12 @@ def account_update(*, account: Account, credentials: dict | None = None, **field
 
 
 def calendars_reconcile(*, account: Account, remote: Iterable[RemoteCalendar]) -> list[Calendar]:
-    """Make the stored calendar list match the server's: add, rename, remove."""
+    """Make the stored calendar list match the server's: add, rename, remove.
+
+    Each returned calendar says whether it was just added (`is_new`: no events stored yet).
+    """
     remote = list(remote)
-    existing = {normalize_href(c.remote_id): c for c in account.calendars.all()}
+    existing = {normalize_href(c.remote_id): c for c in account.calendars.order_by()}
     if not remote and existing:
         raise ProviderError(
             "The server listed no calendars at all; keeping the stored ones. "
@@ -152,24 +156,17 @@ def calendars_reconcile(*, account: Account, remote: Iterable[RemoteCalendar]) -
     for item in remote:
         key = normalize_href(item.remote_id)
         seen.add(key)
+        shown = {"name": item.name[:500], "color": item.color[:32], "timezone": item.timezone[:100]}
         calendar = existing.get(key)
         if calendar is None:
-            calendar = Calendar.objects.create(
-                account=account,
-                remote_id=item.remote_id,
-                name=item.name[:500],
-                color=item.color[:32],
-                timezone=item.timezone[:100],
-            )
-        elif (calendar.name, calendar.color, calendar.timezone) != (
-            item.name,
-            item.color,
-            item.timezone,
-        ):
-            calendar.name = item.name[:500]
-            calendar.color = item.color[:32]
-            calendar.timezone = item.timezone[:100]
-            calendar.save(update_fields=["name", "color", "timezone"])
+            calendar = Calendar.objects.create(account=account, remote_id=item.remote_id, **shown)
+            calendar.is_new = True
+        else:
+            calendar.is_new = False
+            if any(getattr(calendar, name) != value for name, value in shown.items()):
+                for name, value in shown.items():
+                    setattr(calendar, name, value)
+                calendar.save(update_fields=list(shown))
         result.append(calendar)
     gone = [c.pk for key, c in existing.items() if key not in seen]
     if gone:
@@ -237,7 +234,7 @@ def sync_publish(*, run: SyncRun, withdraw_on_failure: bool = False) -> None:
         raise BrokerUnavailable(
             "The sync queue (RabbitMQ) is unavailable; nothing was queued. Try again shortly."
         ) from exc
-    SyncRun.objects.filter(pk=run.pk, published_at=None).update(published_at=timezone.now())
+    update_rows(SyncRun, {"pk": run.pk, "published_at": None}, {"published_at": timezone.now()})
 
 
 def _publish_or_leave_to_reaper(run: SyncRun) -> None:
@@ -393,20 +390,24 @@ def _end(
     now = timezone.now()
     lease_release(account_id=run.account_id, token=token)
     if counts.calendars_unchanged:
-        Calendar.objects.filter(pk__in=counts.calendars_unchanged).update(last_synced_at=now)
+        update_rows(Calendar, {"pk__in": counts.calendars_unchanged}, {"last_synced_at": now})
     recorded = True
     if ending is not None:
         if ending.account:
-            Account.objects.filter(pk=run.account_id).update(**ending.account)
+            update_rows(Account, {"pk": run.account_id}, ending.account)
         recorded = bool(
-            SyncRun.objects.filter(pk=run.pk).update(
-                state=ending.state,
-                finished_at=now,
-                error=ending.error,
-                calendars_total=counts.calendars_total,
-                calendars_done=counts.calendars_done,
-                events_processed=F("events_processed") + counts.events_unrecorded,
-                **counts.event_counts(),
+            update_rows(
+                SyncRun,
+                {"pk": run.pk},
+                {
+                    "state": ending.state,
+                    "finished_at": now,
+                    "error": ending.error,
+                    "calendars_total": counts.calendars_total,
+                    "calendars_done": counts.calendars_done,
+                    "events_processed": F("events_processed") + counts.events_unrecorded,
+                    **counts.event_counts(),
+                },
             )
         )
     return recorded, lease_hand_over(account_id=run.account_id)
@@ -525,13 +526,15 @@ def _sync_account(
     try:
         remote = provider.discover()
         if provider.home_url != account.home_url:
-            Account.objects.filter(pk=account.pk).update(home_url=provider.home_url)
+            update_rows(Account, {"pk": account.pk}, {"home_url": provider.home_url})
         calendars = calendars_reconcile(account=account, remote=remote)
         by_id = {normalize_href(r.remote_id): r for r in remote}
         selected = [c for c in calendars if c.selected]
         counts.calendars_total, counts.calendars_done = len(selected), 0
         # Someone watching sees the sync past discovery ("0/1 calendars") while it lists events.
-        SyncRun.objects.filter(pk=run.pk).update(calendars_total=len(selected), calendars_done=0)
+        update_rows(
+            SyncRun, {"pk": run.pk}, {"calendars_total": len(selected), "calendars_done": 0}
+        )
         for calendar in selected:
             synced_at = calendar.last_synced_at
             _sync_calendar(
@@ -547,7 +550,7 @@ def _sync_account(
             if calendar.last_synced_at == synced_at:  # its cursor did not move
                 counts.calendars_unchanged.append(calendar.pk)
             if counts.calendars_done < counts.calendars_total:  # the last one ends the run
-                SyncRun.objects.filter(pk=run.pk).update(calendars_done=counts.calendars_done)
+                update_rows(SyncRun, {"pk": run.pk}, {"calendars_done": counts.calendars_done})
     finally:
         provider.close()
 
@@ -567,9 +570,10 @@ def _sync_calendar(
     heartbeat: LeaseHeartbeat,
     deadline: float,
 ) -> None:
-    known = dict(
-        Event.objects.filter(calendar=calendar).order_by().values_list("href", "etag").distinct()
-    )
+    known = {}
+    if not calendar.is_new:
+        events = Event.objects.filter(calendar=calendar).order_by()
+        known = dict(events.values_list("href", "etag").distinct())
     cursor = Cursor(sync_token=calendar.sync_token, ctag=calendar.ctag)
     for batch in provider.changes(remote, cursor=cursor, known=known):
         _checkpoint(heartbeat=heartbeat, deadline=deadline)
@@ -582,7 +586,7 @@ def _sync_calendar(
             updates = {"events_processed": F("events_processed") + counts.events_unrecorded}
             if counts.changed:
                 updates.update(counts.event_counts())
-            SyncRun.objects.filter(pk=run.pk).update(**updates)
+            update_rows(SyncRun, {"pk": run.pk}, updates)
             counts.events_unrecorded = 0
         if batch.skipped:
             _record_skipped(run, calendar, batch)
@@ -640,11 +644,8 @@ def _events_store(calendar: Calendar, batch: ChangeBatch) -> Plan:
     if batch.cursor is not None:
         calendar.sync_token, calendar.ctag = batch.cursor.sync_token, batch.cursor.ctag
         calendar.last_synced_at = timezone.now()
-        Calendar.objects.filter(pk=calendar.pk).update(
-            sync_token=calendar.sync_token,
-            ctag=calendar.ctag,
-            last_synced_at=calendar.last_synced_at,
-        )
+        cursor_fields = ("sync_token", "ctag", "last_synced_at")
+        update_rows(Calendar, {"pk": calendar.pk}, {f: getattr(calendar, f) for f in cursor_fields})
     return plan
 
 
