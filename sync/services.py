@@ -570,14 +570,17 @@ def _sync_calendar(
     heartbeat: LeaseHeartbeat,
     deadline: float,
 ) -> None:
+    # A calendar this sync added has no events to read until its first batch is stored.
+    nothing_stored = calendar.is_new
     known = {}
-    if not calendar.is_new:
+    if not nothing_stored:
         events = Event.objects.filter(calendar=calendar).order_by()
         known = dict(events.values_list("href", "etag").distinct())
     cursor = Cursor(sync_token=calendar.sync_token, ctag=calendar.ctag)
     for batch in provider.changes(remote, cursor=cursor, known=known):
         _checkpoint(heartbeat=heartbeat, deadline=deadline)
-        plan = events_apply(calendar=calendar, batch=batch)
+        plan = events_apply(calendar=calendar, batch=batch, nothing_stored=nothing_stored)
+        nothing_stored = nothing_stored and not (batch.objects or batch.deleted_hrefs)
         counts.add(plan)
         counts.events_unrecorded += sum(len(o.events) for o in batch.objects)
         counts.events_unrecorded += len(batch.deleted_hrefs)
@@ -602,11 +605,12 @@ def _record_skipped(run: SyncRun, calendar: Calendar, batch: ChangeBatch) -> Non
         locked.save(update_fields=["skipped"])
 
 
-def events_apply(*, calendar: Calendar, batch: ChangeBatch) -> Plan:
+def events_apply(*, calendar: Calendar, batch: ChangeBatch, nothing_stored: bool = False) -> Plan:
     """Store one batch of changes; the calendar's cursor moves only with the last batch.
 
     A batch with nothing in it and the cursor where it was (a sync that found no change) costs
-    no statement at all.
+    no statement at all. `nothing_stored`: the calendar has no events yet (it was added by this
+    sync and this is its first batch), so there is nothing to compare with.
     """
     cursor = batch.cursor
     if not (batch.objects or batch.deleted_hrefs) and (
@@ -614,21 +618,12 @@ def events_apply(*, calendar: Calendar, batch: ChangeBatch) -> Plan:
     ):
         return Plan()
     with transaction.atomic():
-        return _events_store(calendar, batch)
+        return _events_store(calendar, batch, nothing_stored=nothing_stored)
 
 
-def _events_store(calendar: Calendar, batch: ChangeBatch) -> Plan:
+def _events_store(calendar: Calendar, batch: ChangeBatch, *, nothing_stored: bool) -> Plan:
     _skip_oversized(batch)
-    hrefs = {normalize_href(o.href) for o in batch.objects}
-    hrefs |= {normalize_href(h) for h in batch.deleted_hrefs}
-    uids = {e.uid for o in batch.objects for e in o.events}
-    stored = [
-        StoredEvent(*row)
-        for row in Event.objects.filter(calendar=calendar)
-        .filter(Q(href__in=hrefs) | Q(uid__in=uids))
-        .annotate(raw_digest=MD5("raw"))
-        .values_list("id", "uid", "recurrence_id", "href", "etag", "raw_digest")
-    ]
+    stored = [] if nothing_stored else _events_stored(calendar, batch)
     plan = plan_changes(stored=stored, objects=batch.objects, deleted_hrefs=batch.deleted_hrefs)
     if plan.delete_ids:
         Event.objects.filter(pk__in=plan.delete_ids).delete()
@@ -647,6 +642,20 @@ def _events_store(calendar: Calendar, batch: ChangeBatch) -> Plan:
         cursor_fields = ("sync_token", "ctag", "last_synced_at")
         update_rows(Calendar, {"pk": calendar.pk}, {f: getattr(calendar, f) for f in cursor_fields})
     return plan
+
+
+def _events_stored(calendar: Calendar, batch: ChangeBatch) -> list[StoredEvent]:
+    """The stored events a batch touches: by href (changed or deleted objects) or by UID."""
+    hrefs = {normalize_href(o.href) for o in batch.objects}
+    hrefs |= {normalize_href(h) for h in batch.deleted_hrefs}
+    uids = {e.uid for o in batch.objects for e in o.events}
+    return [
+        StoredEvent(*row)
+        for row in Event.objects.filter(calendar=calendar)
+        .filter(Q(href__in=hrefs) | Q(uid__in=uids))
+        .annotate(raw_digest=MD5("raw"))
+        .values_list("id", "uid", "recurrence_id", "href", "etag", "raw_digest")
+    ]
 
 
 def _skip_oversized(batch: ChangeBatch) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from calendars.models import Account, Event
 from sync import services
 from sync.providers.base import ChangeBatch, RemoteEvent, RemoteObject
 from tests.factories import make_account, make_calendar, make_user
+from tests.support.fake_provider import REGISTRATION, fake_url
 
 pytestmark = pytest.mark.django_db
 
@@ -39,3 +42,30 @@ def test_new_credentials_reactivate_an_account_that_needed_them_but_not_a_disabl
     assert Account.objects.get(pk=expired.pk).status == Account.Status.ACTIVE
     assert Account.objects.get(pk=disabled.pk).status == Account.Status.DISABLED
     assert Account.objects.get(pk=disabled.pk).credentials == {"password": "new"}
+
+
+def test_a_first_sync_reads_no_stored_events_until_it_stored_some_and_a_no_change_sync_is_16_statements(
+    settings,
+):
+    name, _, path = REGISTRATION.partition("=")
+    settings.CALY_EXTRA_PROVIDERS = {name: path}
+    account = Account.objects.create(
+        owner=make_user(), provider="fake", name="Fake", url=fake_url("k1", events=4, batches=2)
+    )
+
+    def sync() -> tuple[dict, list[str]]:
+        run = services.sync_request_account(account=account, trigger="api", publish=False)
+        with CaptureQueriesContext(connection) as queries:
+            result = services.sync_run_execute(run_id=run.pk)
+        return result, [q["sql"] for q in queries.captured_queries]
+
+    first, first_sql = sync()
+    assert (first["state"], first["created"]) == ("succeeded", 4)
+    assert Event.objects.filter(calendar__account=account).count() == 4
+    # The calendar is new: the stored etags are not read, nor the stored events for the first
+    # batch; the second batch is compared with what the first stored.
+    assert sum('FROM "calendars_event"' in sql for sql in first_sql) == 1
+
+    again, again_sql = sync()
+    assert (again["state"], again["created"], again["updated"]) == ("succeeded", 0, 0)
+    assert len(again_sql) == 16, "\n".join(again_sql)
