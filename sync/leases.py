@@ -77,15 +77,13 @@ def run_claim(
     """
     now = timezone.now()
     account_of_run = SyncRun.objects.filter(pk=run_id).values("account_id")
-    lease = only_row(
-        SyncLease.objects.select_for_update().filter(account_id=Subquery(account_of_run))
-    )
+    lease_of_run = SyncLease.objects.select_for_update().filter(account_id=Subquery(account_of_run))
+    lease = only_row(lease_of_run)
     if lease is None:  # the account's first sync, or the run is gone
-        account_id = only_row(account_of_run.values_list("account_id", flat=True))
-        if account_id is None:
+        _lease_add_for_run(run_id)
+        lease = only_row(lease_of_run)
+        if lease is None:
             return Claim("done")
-        SyncLease.objects.bulk_create([SyncLease(account_id=account_id)], ignore_conflicts=True)
-        lease = SyncLease.objects.select_for_update().get(account_id=account_id)
     # The account comes along: the sync needs it next.
     run = only_row(
         SyncRun.objects.select_for_update(of=("self",)).select_related("account").filter(pk=run_id)
@@ -121,6 +119,26 @@ def run_claim(
     fields = ("state", "started_at", "attempts", "deferred", "retry_at", "task_id")
     update_rows(SyncRun, {"pk": run.pk}, {name: getattr(run, name) for name in fields})
     return Claim("acquired", run, token=token)
+
+
+def _lease_add_for_run(run_id: int) -> None:
+    """Add a free lease row for the run's account unless it has one: a single statement.
+
+    (The ORM would read the run's account first, then insert.) Free means the model's defaults:
+    no holder, no expiry. PostgreSQL and SQLite both take INSERT ... SELECT ... ON CONFLICT.
+    """
+    quote = connection.ops.quote_name
+    lease, run = SyncLease._meta, SyncRun._meta
+    account = quote(lease.get_field("account").column)
+    holder, expires_at = (quote(lease.get_field(n).column) for n in ("holder", "expires_at"))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {quote(lease.db_table)} ({account}, {holder}, {expires_at}) "
+            f"SELECT {quote(run.get_field('account').column)}, %s, NULL "
+            f"FROM {quote(run.db_table)} WHERE {quote(run.pk.column)} = %s "
+            "ON CONFLICT DO NOTHING",
+            ["", run_id],
+        )
 
 
 def run_recover_interrupted(*, run: SyncRun, now: dt.datetime) -> bool:

@@ -8,6 +8,7 @@ from django.test.utils import CaptureQueriesContext
 
 from calendars.models import Account, Event
 from sync import services
+from sync.models import SyncLease, SyncRun
 from sync.providers.base import ChangeBatch, RemoteEvent, RemoteObject
 from tests.factories import make_account, make_calendar, make_user
 from tests.support.fake_provider import REGISTRATION, fake_url
@@ -69,3 +70,17 @@ def test_a_first_sync_reads_no_stored_events_until_it_stored_some_and_a_no_chang
     again, again_sql = sync()
     assert (again["state"], again["created"], again["updated"]) == ("succeeded", 0, 0)
     assert len(again_sql) == 16, "\n".join(again_sql)
+
+
+def test_the_message_of_a_run_deleted_before_its_first_sync_is_dropped(settings):
+    name, _, path = REGISTRATION.partition("=")
+    settings.CALY_EXTRA_PROVIDERS = {name: path}
+    account = Account.objects.create(
+        owner=make_user(), provider="fake", name="Fake", url=fake_url("k2", events=1)
+    )
+    run = services.sync_request_account(account=account, trigger="api", publish=False)
+    SyncRun.objects.filter(pk=run.pk).delete()
+
+    assert services.sync_run_execute(run_id=run.pk)["state"] == "missing"
+    assert not SyncLease.objects.filter(account=account).exists()
+    assert not Event.objects.filter(calendar__account=account).exists()
