@@ -35,17 +35,25 @@ def update_rows(
     model: type[models.Model], where: Mapping[str, Any], values: Mapping[str, Any]
 ) -> int:
     """UPDATE the rows of `model` matching `where` with `values`; returns how many matched."""
+    # An `__in` iterable is read once, here, so a fallback to the ORM sees the same values.
+    where = {
+        key: list(value)
+        if key.endswith("__in") and not hasattr(value, "resolve_expression")
+        else value
+        for key, value in where.items()
+    }
     db = connections[DEFAULT_DB_ALIAS]  # looked up once: each `connection.x` is a lookup
-    where_shape, where_params = _where(model, where, db)
-    set_shape, set_params = _set(model, values, db)
-    if where_shape is None or set_shape is None or not values:
-        return model._base_manager.filter(**where).update(**values)
-    if any(kind == 0 for _, kind in where_shape):
-        return 0  # `__in` an empty list matches nothing, as in the ORM
-    sql = _sql(model, where_shape, set_shape, db.vendor)
-    with transaction.mark_for_rollback_on_error(), db.cursor() as cursor:
-        cursor.execute(sql, [*set_params, *where_params])
-        return cursor.rowcount
+    with transaction.mark_for_rollback_on_error():
+        where_shape, where_params = _where(model, where, db)
+        set_shape, set_params = _set(model, values, db)
+        if where_shape is None or set_shape is None or not values:
+            return model._base_manager.filter(**where).update(**values)
+        if any(kind == 0 for _, kind in where_shape):
+            return 0  # `__in` an empty list matches nothing, as in the ORM
+        sql = _sql(model, where_shape, set_shape, db.vendor)
+        with db.cursor() as cursor:
+            cursor.execute(sql, [*set_params, *where_params])
+            return cursor.rowcount
 
 
 def only_row(queryset: QuerySet[T]) -> T | None:
@@ -61,17 +69,36 @@ def _field(model, name: str) -> models.Field:
     return model._meta.pk if name == "pk" else model._meta.get_field(name)
 
 
+def _plain(model, field, value) -> bool:
+    """Can `value` go into a statement as it is, for a column of `model`'s own table?
+
+    Not for expressions, querysets or model instances, relations, or fields a parent model
+    (multi-table inheritance) keeps in its own table: those are the ORM's.
+    """
+    return (
+        field.concrete
+        and field.model._meta.concrete_model is model._meta.concrete_model
+        and not hasattr(value, "resolve_expression")
+        and not isinstance(value, models.Model)
+    )
+
+
 def _where(model, where: Mapping[str, Any], db) -> tuple[_Where | None, list]:
     shape, params = [], []
     for key, value in where.items():
         name, _, lookup = key.partition("__")
         field = _field(model, name)
+        # JSON fields compare None with JSON null, not SQL NULL: the ORM's job too.
+        if lookup not in ("", "in") or isinstance(field, models.JSONField):
+            return None, []
         if lookup == "in":
-            items = list(value)
-            params.extend(field.get_db_prep_value(v, db) for v in items)
-            shape.append((name, len(items)))
-        elif lookup or isinstance(value, models.Model) or not field.concrete:
-            return None, []  # other lookups, model instances, relations: the ORM's job
+            plain = _plain(model, field, value)  # a queryset stays a subquery, in the ORM
+            if not (plain and all(_plain(model, field, v) for v in value)):
+                return None, []
+            params.extend(field.get_db_prep_value(v, db) for v in value)
+            shape.append((name, len(value)))
+        elif not _plain(model, field, value):
+            return None, []
         elif value is None:
             shape.append((name, "null"))
         else:
@@ -86,11 +113,11 @@ def _set(model, values: Mapping[str, Any], db) -> tuple[_Set | None, list]:
         field = _field(model, name)
         if isinstance(value, CombinedExpression):
             step = _step(name, value)
-            if step is None:
+            if step is None or not _plain(model, field, None):
                 return None, []
             shape.append((name, value.connector))
             params.append(step)
-        elif hasattr(value, "resolve_expression") or isinstance(value, models.Model):
+        elif not _plain(model, field, value):
             return None, []
         else:
             shape.append((name, "="))

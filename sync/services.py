@@ -145,7 +145,7 @@ def calendars_reconcile(*, account: Account, remote: Iterable[RemoteCalendar]) -
     Each returned calendar says whether it was just added (`is_new`: no events stored yet).
     """
     remote = list(remote)
-    existing = {normalize_href(c.remote_id): c for c in account.calendars.order_by()}
+    existing = {normalize_href(c.remote_id): c for c in account.calendars.order_by("pk")}
     if not remote and existing:
         raise ProviderError(
             "The server listed no calendars at all; keeping the stored ones. "
@@ -571,7 +571,7 @@ def _sync_calendar(
     deadline: float,
 ) -> None:
     # A calendar this sync added has no events to read until its first batch is stored.
-    nothing_stored = calendar.is_new
+    nothing_stored = getattr(calendar, "is_new", False)
     known = {}
     if not nothing_stored:
         events = Event.objects.filter(calendar=calendar).order_by()

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 from django.db import connection
-from django.db.models import F
+from django.db.models import F, JSONField, Value
 from django.test.utils import CaptureQueriesContext
 
 from calendars.models import Account, Calendar
@@ -106,3 +106,20 @@ def test_credentials_are_encrypted_as_the_orm_encrypts_them(account):
     with connection.cursor() as cursor:
         cursor.execute("SELECT credentials FROM calendars_account WHERE id = %s", [account.pk])
         assert "s3cret-pw" not in str(cursor.fetchone()[0])
+
+
+def test_filters_the_orm_reads_differently_go_to_it(account):
+    runs = [SyncRun.objects.create(account=account, trigger="api", state=s) for s in "rf"]
+    json_null = Value(None, output_field=JSONField())  # not SQL NULL
+    SyncRun.objects.filter(pk=runs[0].pk).update(skipped=json_null)
+    # A JSON field compared with None, an expression, a generator read once, model instances.
+    assert update_rows(SyncRun, {"skipped": None}, {"error": "a"}) == 1
+    assert update_rows(SyncRun, {"task_id": F("task_id"), "state": "f"}, {"error": "b"}) == 1
+    ids = (r.pk for r in runs)
+    assert update_rows(SyncRun, {"pk__in": ids}, {"error": F("trigger")}) == 2
+    assert update_rows(SyncRun, {"account__in": [account]}, {"created": 1}) == 2
+    chosen = SyncRun.objects.filter(state="r").values("pk")
+    assert update_rows(SyncRun, {"pk__in": chosen}, {"updated": 9}) == 1
+
+    stored = {r.state: (r.error, r.created, r.updated) for r in SyncRun.objects.all()}
+    assert stored == {"r": ("api", 1, 9), "f": ("api", 1, 0)}
