@@ -1,6 +1,5 @@
 """Sync runs (one request to sync one account) and the per-account lease that serialises them."""
 
-import functools
 import json
 
 from celery import states
@@ -10,6 +9,7 @@ from django_celery_results.managers import TaskResultManager
 from django_celery_results.models import TaskResult
 
 from calendars.models import Account
+from caly.rows import upsert_sql
 from caly.scrub import scrub
 
 
@@ -155,20 +155,15 @@ class TaskHistoryManager(TaskResultManager):
         options = self.model._meta
         params = [options.get_field(n).get_db_prep_save(v, connection) for n, v in inserted.items()]
         with connection.cursor() as cursor:
-            cursor.execute(_upsert_sql(self.model, alias, tuple(values)), params)
-
-
-@functools.cache
-def _upsert_sql(model, alias: str, names: tuple[str, ...]) -> str:
-    """INSERT of `names` and date_created; a known task_id gets `names` updated instead."""
-    options, quote = model._meta, connections[alias].ops.quote_name
-    column = {n: quote(options.get_field(n).column) for n in (*names, "date_created")}
-    updates = ", ".join(f"{column[n]} = EXCLUDED.{column[n]}" for n in names if n != "task_id")
-    return (
-        f"INSERT INTO {quote(options.db_table)} ({', '.join(column.values())}) "
-        f"VALUES ({', '.join(['%s'] * len(column))}) "
-        f"ON CONFLICT ({column['task_id']}) DO UPDATE SET {updates}"
-    )
+            # A known task_id gets everything but date_created (and itself) updated.
+            sql = upsert_sql(
+                self.model,
+                tuple(inserted),
+                conflict=("task_id",),
+                update=tuple(n for n in values if n != "task_id"),
+                alias=alias,
+            )
+            cursor.execute(sql, params)
 
 
 def _scrub_json(text: str) -> str:

@@ -23,7 +23,7 @@ from django.utils import timezone
 from kombu.exceptions import KombuError, OperationalError
 
 from calendars.models import Account, Calendar, Event
-from caly.rows import update_rows
+from caly.rows import update_rows, upsert_sql
 from sync import lifecycle, retry, selectors
 from sync.engine import Plan, StoredEvent, normalize_href, plan_changes
 from sync.leases import (
@@ -736,13 +736,12 @@ def _events_upsert(calendar: Calendar, writes, *, now) -> None:
         return
     from psycopg2.extras import Json, execute_values
 
-    quote = connection.ops.quote_name
-    column = {name: quote(Event._meta.get_field(name).column) for name in UPSERT_COLUMNS}
-    sql = (
-        f"INSERT INTO {quote(Event._meta.db_table)} "
-        f"({', '.join(column[n] for n in UPSERT_COLUMNS)}) VALUES %s "
-        f"ON CONFLICT ({column['calendar']}, {column['uid']}, {column['recurrence_id']}) "
-        f"DO UPDATE SET {', '.join(f'{column[n]} = EXCLUDED.{column[n]}' for n in EVENT_FIELDS)}"
+    sql = upsert_sql(
+        Event,
+        UPSERT_COLUMNS,
+        conflict=("calendar", "uid", "recurrence_id"),
+        update=EVENT_FIELDS,
+        rows="%s",
     )
     rows = [
         tuple(Json(row[n]) if n in ("rdate", "exdate") else row[n] for n in UPSERT_COLUMNS)
