@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
-from django.db.models import Subquery
 from django.utils import timezone
 
-from caly.rows import only_row, update_rows
+from caly.rows import ValueOf, read_row, read_values, update_rows
 from sync.models import SyncLease, SyncRun
 
 logger = logging.getLogger(__name__)
@@ -46,10 +45,10 @@ def lease_alive(lease: SyncLease | None, now: dt.datetime | None = None) -> bool
 
 def lease_lock(account_id: int) -> SyncLease:
     """The account's lease row, locked until the transaction ends (created if missing)."""
-    lease = only_row(SyncLease.objects.select_for_update().filter(account_id=account_id))
+    lease = read_row(SyncLease, {"account_id": account_id}, lock=True)
     if lease is None:  # the account's first sync
         SyncLease.objects.get_or_create(account_id=account_id)
-        lease = SyncLease.objects.select_for_update().get(account_id=account_id)
+        lease = read_row(SyncLease, {"account_id": account_id}, lock=True)
     return lease
 
 
@@ -76,18 +75,15 @@ def run_claim(
     start-order promise goes (the claim itself may wait for the database).
     """
     now = timezone.now()
-    account_of_run = SyncRun.objects.filter(pk=run_id).values("account_id")
-    lease_of_run = SyncLease.objects.select_for_update().filter(account_id=Subquery(account_of_run))
-    lease = only_row(lease_of_run)
+    lease_of_run = {"account_id": ValueOf(SyncRun, "account_id", run_id)}
+    lease = read_row(SyncLease, lease_of_run, lock=True)
     if lease is None:  # the account's first sync, or the run is gone
         _lease_add_for_run(run_id)
-        lease = only_row(lease_of_run)
+        lease = read_row(SyncLease, lease_of_run, lock=True)
         if lease is None:
             return Claim("done")
     # The account comes along: the sync needs it next.
-    run = only_row(
-        SyncRun.objects.select_for_update(of=("self",)).select_related("account").filter(pk=run_id)
-    )
+    run = read_row(SyncRun, {"pk": run_id}, related=("account",), lock=True)
     if run is None or run.state in SyncRun.TERMINAL_STATES:
         return Claim("done", run)
     alive = lease_alive(lease, now)
@@ -148,10 +144,15 @@ def run_recover_interrupted(*, run: SyncRun, now: dt.datetime) -> bool:
     (its caller then delivers it), False if it was ended.
     """
     max_attempts = settings.CALY_SYNC_MAX_ATTEMPTS
-    sibling = only_row(
-        SyncRun.objects.filter(account_id=run.account_id, state=SyncRun.State.QUEUED)
-        .exclude(pk=run.pk)
-        .values_list("pk", flat=True)
+    sibling = next(
+        (
+            pk
+            for (pk,) in read_values(
+                SyncRun, {"account_id": run.account_id, "state": SyncRun.State.QUEUED}, ("pk",)
+            )
+            if pk != run.pk
+        ),
+        None,
     )
     if run.attempts >= max_attempts:
         error = f"The worker running this sync stopped {run.attempts} times; gave up."
@@ -197,7 +198,7 @@ def lease_hand_over(*, account_id: int) -> SyncRun | None:
         SyncRun, {**queued, "deferred": True}, {"deferred": False, "published_at": None}
     ):
         return None
-    return only_row(SyncRun.objects.filter(**queued))
+    return read_row(SyncRun, queued)
 
 
 def lease_renew(*, tokens: list[str]) -> set[str]:

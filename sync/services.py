@@ -23,7 +23,7 @@ from django.utils import timezone
 from kombu.exceptions import KombuError, OperationalError
 
 from calendars.models import Account, Calendar, Event
-from caly.rows import update_rows, upsert_sql
+from caly.rows import read_rows, read_values, update_rows, upsert_sql
 from sync import lifecycle, retry, selectors
 from sync.engine import Plan, StoredEvent, normalize_href, plan_changes
 from sync.leases import (
@@ -145,7 +145,8 @@ def calendars_reconcile(*, account: Account, remote: Iterable[RemoteCalendar]) -
     Each returned calendar says whether it was just added (`is_new`: no events stored yet).
     """
     remote = list(remote)
-    existing = {normalize_href(c.remote_id): c for c in account.calendars.order_by("pk")}
+    stored = read_rows(Calendar, {"account_id": account.pk}, order_by=("pk",))
+    existing = {normalize_href(c.remote_id): c for c in stored}
     if not remote and existing:
         raise ProviderError(
             "The server listed no calendars at all; keeping the stored ones. "
@@ -574,8 +575,9 @@ def _sync_calendar(
     nothing_stored = getattr(calendar, "is_new", False)
     known = {}
     if not nothing_stored:
-        events = Event.objects.filter(calendar=calendar).order_by()
-        known = dict(events.values_list("href", "etag").distinct())
+        known = dict(
+            read_values(Event, {"calendar_id": calendar.pk}, ("href", "etag"), distinct=True)
+        )
     cursor = Cursor(sync_token=calendar.sync_token, ctag=calendar.ctag)
     for batch in provider.changes(remote, cursor=cursor, known=known):
         _checkpoint(heartbeat=heartbeat, deadline=deadline)

@@ -1,4 +1,5 @@
-"""`update_rows` stores what `QuerySet.update()` stores, in one statement written once."""
+"""`update_rows` stores, and `read_rows` / `read_values` read, what the ORM would: one statement,
+written once."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from django.db import connection
 from django.db.models import F, JSONField, Value
 from django.test.utils import CaptureQueriesContext
 
-from calendars.models import Account, Calendar
-from caly.rows import update_rows
+from calendars.models import Account, Calendar, Event
+from caly.rows import ValueOf, read_row, read_rows, read_values, update_rows
 from sync.models import SyncLease, SyncRun
 from tests.factories import make_account, make_calendar, make_user
 
@@ -123,3 +124,80 @@ def test_filters_the_orm_reads_differently_go_to_it(account):
 
     stored = {r.state: (r.error, r.created, r.updated) for r in SyncRun.objects.all()}
     assert stored == {"r": ("api", 1, 9), "f": ("api", 1, 0)}
+
+
+def _fields(instance) -> dict:
+    return {f.attname: getattr(instance, f.attname) for f in instance._meta.concrete_fields}
+
+
+def test_reads_the_instances_the_orm_reads(account):
+    update_rows(Account, {"pk": account.pk}, {"credentials": {"password": "s3cret-pw"}})
+    run = SyncRun.objects.create(
+        account=account, trigger="api", skipped=[{"href": "/a.ics", "reason": "too long"}]
+    )
+    by_orm = SyncRun.objects.select_related("account").get(pk=run.pk)
+    with CaptureQueriesContext(connection) as queries:
+        read = read_row(SyncRun, {"pk": run.pk}, related=("account",), lock=True)
+        # The account came with the run: reading it is no query.
+        credentials = read.account.credentials
+
+    assert len(queries) == 1
+    assert ("FOR UPDATE" in queries[0]["sql"]) == connection.features.has_select_for_update
+    assert _fields(read) == _fields(by_orm)
+    assert _fields(read.account) == _fields(by_orm.account)
+    assert credentials == {"password": "s3cret-pw"}
+    assert read.skipped == [{"href": "/a.ics", "reason": "too long"}]
+    assert read.requested_at.tzinfo is not None
+    assert not read._state.adding
+    # Saving what was read stores it unchanged.
+    read.save()
+    assert _fields(SyncRun.objects.get(pk=run.pk)) == _fields(by_orm)
+
+
+def test_filters_order_and_a_value_of_another_row(account):
+    other = make_account(account.owner, name="B")
+    calendars = [make_calendar(account, name=n) for n in "cab"]
+    make_calendar(other)
+    run = SyncRun.objects.create(account=account, trigger="api")
+    lease = SyncLease.objects.create(account=account, holder="1:w:x")
+    SyncLease.objects.create(account=other)
+
+    assert read_rows(Calendar, {"account_id": account.pk}, order_by=("-pk",)) == calendars[::-1]
+    assert read_rows(Calendar, {"pk__in": []}) == []
+    assert (
+        read_row(Calendar, {"account_id": account.pk, "last_synced_at": None, "name": "a"})
+        == (calendars[1])
+    )
+    assert read_row(Calendar, {"pk": -1}) is None
+    # The lease of the run's account, without reading the run first.
+    assert read_row(SyncLease, {"account_id": ValueOf(SyncRun, "account_id", run.pk)}) == lease
+    assert read_row(SyncLease, {"account_id": ValueOf(SyncRun, "account_id", -1)}) is None
+    assert update_rows(
+        SyncLease, {"account_id": ValueOf(SyncRun, "account_id", run.pk)}, {"holder": ""}
+    )
+    assert SyncLease.objects.get(pk=account.pk).holder == ""
+
+
+def test_values_as_values_list_reads_them(account):
+    calendar = make_calendar(account)
+    for uid, href in (("a", "/1.ics"), ("a-r1", "/1.ics"), ("b", "/2.ics")):
+        calendar.events.create(uid=uid, href=href, etag=f'"{href}"', rdate=[uid])
+    by_orm = calendar.events.values_list("href", "etag").distinct().order_by()
+    read = read_values(Event, {"calendar_id": calendar.pk}, ("href", "etag"), distinct=True)
+    assert sorted(read) == sorted(by_orm) == [("/1.ics", '"/1.ics"'), ("/2.ics", '"/2.ics"')]
+    # Converters apply: JSON comes back as Python values.
+    assert sorted(read_values(Event, {"calendar_id": calendar.pk}, ("rdate",))) == [
+        (["a"],),
+        (["a-r1"],),
+        (["b"],),
+    ]
+
+
+def test_reads_it_does_not_cover_go_to_the_orm(account):
+    make_calendar(account, name="x")
+    # A lookup across a relation; a model instance; a queryset as an `__in` filter.
+    assert [c.name for c in read_rows(Calendar, {"account__name": account.name})] == ["x"]
+    assert read_row(Calendar, {"account": account}).name == "x"
+    accounts = Account.objects.filter(pk=account.pk).values("pk")
+    assert [c.name for c in read_rows(Calendar, {"account_id__in": accounts})] == ["x"]
+    assert read_values(Calendar, {"account": account}, ("name",)) == [("x",)]
