@@ -53,6 +53,16 @@ def _keep_db_connections_per_thread() -> None:
         database["CONN_MAX_AGE"] = settings.CALY_WORKER_DB_CONN_MAX_AGE
 
 
+@signals.task_received.connect
+def note_sync_taken(request=None, **kwargs):
+    """A sync run starts when a worker slot takes its message off the queue (README, "Start
+    order"): noted here, in the consumer, as it arrives, not when its thread gets to run it."""
+    if request is not None and request.name == "sync.run_sync":
+        from sync import lifecycle
+
+        lifecycle.message_taken(request.id)
+
+
 @signals.worker_shutting_down.connect
 def begin_shutdown(sig=None, how=None, **kwargs):
     """SIGTERM (warm shutdown): running syncs get a grace period, then hand their runs back."""

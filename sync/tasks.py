@@ -4,18 +4,19 @@ from celery import shared_task
 from celery.exceptions import Reject
 from django.utils import timezone
 
-from sync import services
+from sync import lifecycle, services
 
 
 # The run's own state says when it started; a STARTED task result would cost a write per run.
 @shared_task(name="sync.run_sync", acks_late=True, track_started=False)
 def run_sync(run_id: int) -> dict:
     """Run one sync request. The message carries the SyncRun id and nothing else."""
+    task_id = run_sync.request.id or ""
     result = services.sync_run_execute(
         run_id=run_id,
-        task_id=run_sync.request.id or "",
+        task_id=task_id,
         worker=run_sync.request.hostname or "",
-        received_at=timezone.now(),
+        received_at=lifecycle.taken_at(task_id) or timezone.now(),
     )
     if result.get("handed_back"):
         # The worker is stopping: back into the queue where it was (classic queues), for

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+from celery import signals
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from calendars.models import Account, Event
-from sync import services
+from sync import lifecycle, services
 from sync.models import SyncLease, SyncRun
 from sync.providers.base import ChangeBatch, RemoteEvent, RemoteObject
+from sync.tasks import run_sync
 from tests.factories import make_account, make_calendar, make_user
 from tests.support.fake_provider import REGISTRATION, fake_url
 
@@ -84,3 +89,28 @@ def test_the_message_of_a_run_deleted_before_its_first_sync_is_dropped(settings)
     assert services.sync_run_execute(run_id=run.pk)["state"] == "missing"
     assert not SyncLease.objects.filter(account=account).exists()
     assert not Event.objects.filter(calendar__account=account).exists()
+
+
+def test_a_run_starts_when_a_worker_slot_took_its_message_not_when_its_thread_got_to_it(settings):
+    name, _, path = REGISTRATION.partition("=")
+    settings.CALY_EXTRA_PROVIDERS = {name: path}
+    account = Account.objects.create(
+        owner=make_user(), provider="fake", name="Fake", url=fake_url("k3", events=1)
+    )
+    run = services.sync_request_account(account=account, trigger="api", publish=False)
+
+    before = timezone.now()
+    # What the worker's consumer does as the message arrives (caly.celery.note_sync_taken).
+    message = SimpleNamespace(name="sync.run_sync", id=run.task_id)
+    signals.task_received.send(sender=None, request=message)
+    taken = timezone.now()
+    # ...and, later, a pool thread runs the task of that message.
+    run_sync.push_request(id=run.task_id, hostname="worker-1")
+    try:
+        assert run_sync(run.pk)["state"] == "succeeded"
+    finally:
+        run_sync.pop_request()
+
+    run.refresh_from_db()
+    assert before <= run.started_at <= taken
+    assert lifecycle.taken_at(run.task_id) is None  # read once, by the task
