@@ -1,6 +1,7 @@
 """Row helpers for the statements every sync run makes, where the ORM's own cost shows.
 
-`update_rows`: what `Model.objects.filter(**where).update(**values)` does, its SQL built once.
+`update_rows`: what `Model.objects.filter(**where).update(**values)` does, its SQL built once;
+`update_together`: several of them as one transaction, in one round trip on PostgreSQL.
 `read_rows` / `read_row`: what `filter(**where)` (with `select_related`, `select_for_update`,
 `order_by`) reads, its SQL built once; `read_values`: the same for `values_list()`.
 `upsert_sql`: the INSERT ... ON CONFLICT DO UPDATE the ORM cannot write for one row or many.
@@ -24,7 +25,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
 from django.db.models import F, Subquery, Value
@@ -60,16 +61,61 @@ def update_rows(
     where = _materialised(where)
     db = connections[DEFAULT_DB_ALIAS]  # looked up once: each `connection.x` is a lookup
     with transaction.mark_for_rollback_on_error():
-        where_shape, where_params = _where(model, where, db)
-        set_shape, set_params = _set(model, values, db)
-        if where_shape is None or set_shape is None or not values:
+        statement = _update_statement(model, where, values, db)
+        if statement is None:
             return model._base_manager.filter(**_orm_where(where)).update(**values)
-        if _matches_nothing(where_shape):
+        sql, params = statement
+        if not sql:
             return 0
-        sql = _update_sql(model, where_shape, set_shape, db.vendor)
         with db.cursor() as cursor:
-            cursor.execute(sql, [*set_params, *where_params])
+            cursor.execute(sql, params)
             return cursor.rowcount
+
+
+class Update(NamedTuple):
+    """The arguments of one `update_rows` call, for `update_together`."""
+
+    model: type[models.Model]
+    where: Mapping[str, Any]
+    values: Mapping[str, Any]
+
+
+def update_together(*updates: Update) -> int:
+    """Make the updates in the order given, as one transaction; returns how many rows the last
+    one matched.
+
+    On PostgreSQL they travel as one query: its statements run in order, in one transaction (an
+    implicit one outside `atomic`), so locks are taken in the order given and a failing statement
+    undoes the others. Elsewhere, or if one of them is a shape for the ORM, they are made one
+    after the other inside `atomic`.
+    """
+    db = connections[DEFAULT_DB_ALIAS]
+    updates = [Update(u.model, _materialised(u.where), u.values) for u in updates]
+    if not updates:
+        return 0
+    with transaction.mark_for_rollback_on_error():
+        statements = [_update_statement(*u, db) for u in updates]
+        if db.vendor != "postgresql" or any(s is None for s in statements):
+            with transaction.atomic():
+                return [update_rows(*u) for u in updates][-1]
+        sent = [(sql, params) for sql, params in statements if sql]
+        if not sent:
+            return 0
+        with db.cursor() as cursor:
+            cursor.execute("; ".join(sql for sql, _ in sent), [p for _, ps in sent for p in ps])
+            return cursor.rowcount if statements[-1][0] else 0
+
+
+def _update_statement(model, where, values, db) -> tuple[str, list] | None:
+    """The UPDATE of `update_rows` and its parameters; None where the ORM must update, and no
+    SQL ("") where nothing can match."""
+    where_shape, where_params = _where(model, where, db)
+    set_shape, set_params = _set(model, values, db)
+    if where_shape is None or set_shape is None or not values:
+        return None
+    if _matches_nothing(where_shape):
+        return "", []
+    return _update_sql(model, where_shape, set_shape, db.vendor), [*set_params, *where_params]
 
 
 def read_rows(

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
-from caly.rows import ValueOf, read_row, read_values, update_rows
+from caly.rows import Update, ValueOf, read_row, read_values, update_rows, update_together
 from sync.models import SyncLease, SyncRun
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,6 @@ def run_claim(
         return Claim("deferred", run)
     token = lease_token(run_id=run.pk, worker=worker)
     lease.holder, lease.expires_at = token, now + _ttl()
-    update_rows(SyncLease, {"pk": lease.pk}, {"holder": token, "expires_at": lease.expires_at})
     run.state = SyncRun.State.RUNNING
     # The first start is the one the order promise is about.
     run.started_at = run.started_at or min(received_at or now, now)
@@ -113,7 +112,10 @@ def run_claim(
     if task_id:
         run.task_id = task_id
     fields = ("state", "started_at", "attempts", "deferred", "retry_at", "task_id")
-    update_rows(SyncRun, {"pk": run.pk}, {name: getattr(run, name) for name in fields})
+    update_together(
+        Update(SyncLease, {"pk": lease.pk}, {"holder": token, "expires_at": lease.expires_at}),
+        Update(SyncRun, {"pk": run.pk}, {name: getattr(run, name) for name in fields}),
+    )
     return Claim("acquired", run, token=token)
 
 
@@ -175,24 +177,26 @@ def _seconds_until(when: dt.datetime, now: dt.datetime) -> int:
     return max(1, math.ceil((when - now).total_seconds()))
 
 
-def lease_release(*, account_id: int, token: str) -> None:
-    """Give the lease back if `token` still holds it (another worker may have taken it over).
+def lease_release(*, account_id: int, token: str) -> Update:
+    """The update that gives the lease back if `token` still holds it (another worker may have
+    taken it over), for `caly.rows.update_together`.
 
-    Call it first in the transaction that ends a run: the lease row is locked before any run.
+    Make it first in the transaction that ends a run: the lease row is locked before any run.
     """
-    update_rows(
+    return Update(
         SyncLease, {"account_id": account_id, "holder": token}, {"holder": "", "expires_at": None}
     )
 
 
 def lease_hand_over(*, account_id: int) -> SyncRun | None:
-    """After `lease_release`, in its transaction: a deferred queued run of the account, now due.
+    """After `lease_release`: a deferred queued run of the account, now due.
 
     The caller publishes that run; until RabbitMQ confirms, it counts as unpublished, so the
     reaper sends it if the caller cannot.
     """
     # An account has at most one queued run. The update locks it; most syncs find none, and
-    # then this is the only statement.
+    # then this is the only statement. A claim of that run meanwhile finds the lease free and
+    # takes the run: then there is nothing to hand over.
     queued = {"account_id": account_id, "state": SyncRun.State.QUEUED}
     if not update_rows(
         SyncRun, {**queued, "deferred": True}, {"deferred": False, "published_at": None}

@@ -23,7 +23,7 @@ from django.utils import timezone
 from kombu.exceptions import KombuError, OperationalError
 
 from calendars.models import Account, Calendar, Event
-from caly.rows import read_rows, read_values, update_rows, upsert_sql
+from caly.rows import Update, read_rows, read_values, update_rows, update_together, upsert_sql
 from sync import lifecycle, retry, selectors
 from sync.engine import Plan, StoredEvent, normalize_href, plan_changes
 from sync.leases import (
@@ -379,38 +379,36 @@ def sync_run_execute(
     }
 
 
-@transaction.atomic  # lease first, then runs: the lock order of sync.leases
 def _end(
     run: SyncRun, counts: Counts, *, token: str, ending: Ending | None
 ) -> tuple[bool, SyncRun | None]:
-    """Give the account's lease back and record how the run ended, in one transaction.
+    """Give the account's lease back and record how the run ended, in one transaction (one
+    round trip on PostgreSQL); then hand the account over to a run that waited for it.
 
     Returns whether the ending was recorded (False: the run is gone), and a deferred run of
     the account that is now due, for the caller to publish.
     """
     now = timezone.now()
-    lease_release(account_id=run.account_id, token=token)
+    # The lease first, then runs: the lock order of sync.leases.
+    updates = [lease_release(account_id=run.account_id, token=token)]
     if counts.calendars_unchanged:
-        update_rows(Calendar, {"pk__in": counts.calendars_unchanged}, {"last_synced_at": now})
-    recorded = True
+        unchanged = {"pk__in": counts.calendars_unchanged}
+        updates.append(Update(Calendar, unchanged, {"last_synced_at": now}))
+    if ending is not None and ending.account:
+        updates.append(Update(Account, {"pk": run.account_id}, ending.account))
     if ending is not None:
-        if ending.account:
-            update_rows(Account, {"pk": run.account_id}, ending.account)
-        recorded = bool(
-            update_rows(
-                SyncRun,
-                {"pk": run.pk},
-                {
-                    "state": ending.state,
-                    "finished_at": now,
-                    "error": ending.error,
-                    "calendars_total": counts.calendars_total,
-                    "calendars_done": counts.calendars_done,
-                    "events_processed": F("events_processed") + counts.events_unrecorded,
-                    **counts.event_counts(),
-                },
-            )
-        )
+        values = {
+            "state": ending.state,
+            "finished_at": now,
+            "error": ending.error,
+            "calendars_total": counts.calendars_total,
+            "calendars_done": counts.calendars_done,
+            "events_processed": F("events_processed") + counts.events_unrecorded,
+            **counts.event_counts(),
+        }
+        updates.append(Update(SyncRun, {"pk": run.pk}, values))
+    matched = update_together(*updates)
+    recorded = ending is None or bool(matched)
     return recorded, lease_hand_over(account_id=run.account_id)
 
 

@@ -6,12 +6,20 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from django.db import connection
+from django.db import DataError, connection, transaction
 from django.db.models import F, JSONField, Value
 from django.test.utils import CaptureQueriesContext
 
 from calendars.models import Account, Calendar, Event
-from caly.rows import ValueOf, read_row, read_rows, read_values, update_rows
+from caly.rows import (
+    Update,
+    ValueOf,
+    read_row,
+    read_rows,
+    read_values,
+    update_rows,
+    update_together,
+)
 from sync.models import SyncLease, SyncRun
 from tests.factories import make_account, make_calendar, make_user
 
@@ -201,3 +209,37 @@ def test_reads_it_does_not_cover_go_to_the_orm(account):
     accounts = Account.objects.filter(pk=account.pk).values("pk")
     assert [c.name for c in read_rows(Calendar, {"account_id__in": accounts})] == ["x"]
     assert read_values(Calendar, {"account": account}, ("name",)) == [("x",)]
+
+
+def test_updates_together_are_one_round_trip_and_one_transaction(account):
+    lease = SyncLease.objects.create(account=account, holder="1:w:x", expires_at=WHEN)
+    run = SyncRun.objects.create(account=account, trigger="api", state="running")
+    release = Update(SyncLease, {"account_id": account.pk, "holder": "1:w:x"}, {"holder": ""})
+    ended = Update(SyncRun, {"pk": run.pk}, {"state": "succeeded", "finished_at": WHEN})
+
+    with CaptureQueriesContext(connection) as queries:
+        assert update_together(release, ended) == 1
+    assert len(queries) == (1 if connection.vendor == "postgresql" else 2)
+    assert SyncLease.objects.get(pk=lease.pk).holder == ""
+    assert SyncRun.objects.get(pk=run.pk).state == "succeeded"
+    # The count is the last update's; one that cannot match anything is not sent.
+    nothing = Update(Calendar, {"pk__in": []}, {"name": "x"})
+    assert update_together(ended, nothing) == 0
+    assert update_together(nothing, Update(SyncRun, {"pk": -1}, {"error": "x"})) == 0
+    assert update_together() == 0
+
+    # A failing update undoes the ones before it.
+    taken = Update(SyncLease, {"pk": lease.pk}, {"holder": "2:w:y"})
+    too_long = Update(SyncRun, {"pk": run.pk}, {"state": "x" * 17})
+    with pytest.raises(DataError), transaction.atomic():
+        update_together(taken, too_long)
+    assert SyncLease.objects.get(pk=lease.pk).holder == ""
+
+
+def test_updates_together_with_a_shape_for_the_orm(account):
+    calendar = make_calendar(account, name="old")
+    by_orm = Update(Calendar, {"account__name": account.name}, {"name": F("color")})
+    stamped = Update(Calendar, {"pk": calendar.pk}, {"last_synced_at": WHEN})
+    assert update_together(by_orm, stamped) == 1
+    calendar.refresh_from_db()
+    assert (calendar.name, calendar.last_synced_at) == (calendar.color, WHEN)

@@ -50,7 +50,7 @@ def test_new_credentials_reactivate_an_account_that_needed_them_but_not_a_disabl
     assert Account.objects.get(pk=disabled.pk).credentials == {"password": "new"}
 
 
-def test_a_first_sync_reads_no_stored_events_until_it_stored_some_and_a_no_change_sync_is_16_statements(
+def test_a_first_sync_reads_no_stored_events_until_it_stored_some_and_a_no_change_sync_is_10_statements(
     settings,
 ):
     name, _, path = REGISTRATION.partition("=")
@@ -74,7 +74,7 @@ def test_a_first_sync_reads_no_stored_events_until_it_stored_some_and_a_no_chang
 
     again, again_sql = sync()
     assert (again["state"], again["created"], again["updated"]) == ("succeeded", 0, 0)
-    assert len(again_sql) == 16, "\n".join(again_sql)
+    assert len(again_sql) == 10, "\n".join(again_sql)
 
 
 def test_the_message_of_a_run_deleted_before_its_first_sync_is_dropped(settings):
