@@ -6,6 +6,9 @@ the sync queue; accounts use the fake provider of the test suite. Figures:
 
 - noop_tasks_per_s: a Celery task that does nothing, same queue, same worker settings (the
   bare baseline); caly_runs_per_s: no-change syncs with a zero-latency provider; their ratio.
+- history_only_tasks_per_s: a task that does nothing but keep its result in the task history
+  (django-celery-results, as every sync task does): the most a sync could reach here, and its
+  ratio to the baseline.
 - request_to_start_p50/p95_ms: at half the measured capacity, from the request to the start.
 - max_displacement_*: the most places a request started behind a later one (promise: <= C-1).
 - fleet_*: 200 accounts behind a provider taking 100 ms a request; wall time / ideal, where
@@ -41,7 +44,7 @@ from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import connection  # noqa: E402
 
-from bench.queue_tasks import noop  # noqa: E402
+from bench.queue_tasks import history_only, noop  # noqa: E402
 from caly.celery import app  # noqa: E402
 from sync.models import SyncRun  # noqa: E402
 from sync.retry import sync_queue  # noqa: E402
@@ -53,6 +56,7 @@ W = settings.CALY_WORKER_PROCESSES
 T = settings.CALY_WORKER_THREADS
 SLOTS = W * T
 N_NOOP = int(os.environ.get("BENCH_NOOP_TASKS", 4000))
+N_HISTORY = int(os.environ.get("BENCH_HISTORY_TASKS", 2000))
 N_RUNS = int(os.environ.get("BENCH_SYNC_RUNS", 2000))
 N_LATENCY = int(os.environ.get("BENCH_LATENCY_RUNS", 600))
 FLEET, FLEET_LATENCY, FLEET_REQUESTS_PER_SYNC = 200, 0.1, 2  # discovery + one batch
@@ -166,11 +170,11 @@ def wait_terminal(run_ids: list[int], timeout: float = 600) -> list[SyncRun]:
     raise RuntimeError(f"{pending} runs did not finish in {timeout}s")
 
 
-def publish_noops(count: int) -> None:
+def publish(task, count: int) -> None:
     queue = sync_queue()
     with app.producer_or_acquire() as producer:
         for i in range(count):
-            noop.apply_async(
+            task.apply_async(
                 args=[i],
                 producer=producer,
                 queue=queue,
@@ -224,12 +228,19 @@ def main() -> None:
     fleet = Fleet()
     depth = Depth()
     try:
-        # 1. The bare baseline: a no-op task through the same queue and worker settings.
-        publish_noops(N_NOOP)
-        fleet.consume(True)
-        noop_seconds = depth.drain_seconds(N_NOOP)
-        fleet.consume(False)
-        figures["noop_tasks_per_s"] = N_NOOP / noop_seconds
+        # 1. The bare baseline: a no-op task through the same queue and worker settings; then
+        #    the ceiling for a sync task: one that only keeps its result in the task history.
+        for task, count, name in (
+            (noop, N_NOOP, "noop"),
+            (history_only, N_HISTORY, "history_only"),
+        ):
+            publish(task, count)
+            fleet.consume(True)
+            figures[f"{name}_tasks_per_s"] = count / depth.drain_seconds(count)
+            fleet.consume(False)
+        figures["history_only_to_noop_ratio"] = (
+            figures["history_only_tasks_per_s"] / figures["noop_tasks_per_s"]
+        )
 
         # 2. Caly no-change syncs, zero latency: a first round stores the calendars, the
         #    measured second round finds nothing to change.
