@@ -145,6 +145,11 @@ LOGGING = {
         # exchanges at DEBUG.
         "googleapiclient": {"level": "WARNING"},
         "google": {"level": "WARNING"},
+        # A worker's line for every task received and succeeded: hundreds a second when busy,
+        # each one scrubbed, formatted and written, for what the sync runs and the task history
+        # already record. Failures are logged at ERROR, whatever this says.
+        "celery.app.trace": {"level": env.str("CALY_TASK_LOG_LEVEL", default="WARNING")},
+        "celery.worker.strategy": {"level": env.str("CALY_TASK_LOG_LEVEL", default="WARNING")},
         # runserver's access log has a logger of its own; scrub it too (OAuth callback codes).
         "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },

@@ -37,6 +37,8 @@ def google_workers(django_db_setup, django_db_blocker, google):
         **google.settings(),
         **{k: str(v) for k, v in {**BUDGET, **MAX_WAIT}.items()},
         "CALY_QUEUE_PREFIX": prefix,
+        # Every task received and succeeded logged too: the token check below reads them.
+        "CALY_TASK_LOG_LEVEL": "INFO",
     }
     with django_db_blocker.unblock():
         workers = [start_worker(threads=4, env=env) for _ in range(2)]
@@ -263,7 +265,7 @@ def test_parallel_syncs_of_one_google_user_stay_within_its_quota(api, user, goog
 def test_worker_logs_carry_no_google_tokens(google, google_workers):
     """Runs after the others: whatever they logged, no refresh or access token is in it."""
     logs = "".join(worker.log() for worker in google_workers.workers)
-    assert "sync.run_sync" in logs  # the workers did log their tasks
+    assert "Task sync.run_sync[" in logs  # the workers did log their tasks
     for user in google.users.values():
         assert user.refresh_token not in logs
     assert "1//fake-" not in logs and "ya29." not in logs
