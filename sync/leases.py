@@ -78,8 +78,7 @@ def run_claim(
     lease_of_run = {"account_id": ValueOf(SyncRun, "account_id", run_id)}
     lease = read_row(SyncLease, lease_of_run, lock=True)
     if lease is None:  # the account's first sync, or the run is gone
-        _lease_add_for_run(run_id)
-        lease = read_row(SyncLease, lease_of_run, lock=True)
+        lease = _lease_add_for_run(run_id) or read_row(SyncLease, lease_of_run, lock=True)
         if lease is None:
             return Claim("done")
     # The account comes along: the sync needs it next.
@@ -119,24 +118,29 @@ def run_claim(
     return Claim("acquired", run, token=token)
 
 
-def _lease_add_for_run(run_id: int) -> None:
+def _lease_add_for_run(run_id: int) -> SyncLease | None:
     """Add a free lease row for the run's account unless it has one: a single statement.
 
-    (The ORM would read the run's account first, then insert.) Free means the model's defaults:
-    no holder, no expiry. PostgreSQL and SQLite both take INSERT ... SELECT ... ON CONFLICT.
+    Returns the new row, which this transaction holds locked until it ends; None if nothing was
+    added (the run is gone, or a concurrent claim added the row first: read it then). Free means
+    the model's defaults: no holder, no expiry. PostgreSQL and SQLite both take INSERT ...
+    SELECT ... ON CONFLICT ... RETURNING (the ORM would read the run's account first).
     """
     quote = connection.ops.quote_name
     lease, run = SyncLease._meta, SyncRun._meta
     account = quote(lease.get_field("account").column)
     holder, expires_at = (quote(lease.get_field(n).column) for n in ("holder", "expires_at"))
+    returning = connection.features.can_return_columns_from_insert
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {quote(lease.db_table)} ({account}, {holder}, {expires_at}) "
             f"SELECT {quote(run.get_field('account').column)}, %s, NULL "
             f"FROM {quote(run.db_table)} WHERE {quote(run.pk.column)} = %s "
-            "ON CONFLICT DO NOTHING",
+            "ON CONFLICT DO NOTHING" + (f" RETURNING {account}" if returning else ""),
             ["", run_id],
         )
+        added = cursor.fetchone() if returning else None
+    return SyncLease.from_db(connection.alias, None, (added[0], "", None)) if added else None
 
 
 def run_recover_interrupted(*, run: SyncRun, now: dt.datetime) -> bool:
