@@ -21,6 +21,15 @@ from tests.support.fake_provider import REGISTRATION, fake_url
 pytestmark = pytest.mark.django_db
 
 
+def fake_account(settings, key: str, **behaviour) -> Account:
+    """An account of the queue tests' fake provider (tests/support/fake_provider.py)."""
+    name, _, path = REGISTRATION.partition("=")
+    settings.CALY_EXTRA_PROVIDERS = {name: path}
+    return Account.objects.create(
+        owner=make_user(), provider="fake", name="Fake", url=fake_url(key, **behaviour)
+    )
+
+
 def remote(uid: str, href: str) -> RemoteObject:
     return RemoteObject(href=href, etag='"1"', events=(RemoteEvent(uid=uid),), raw="")
 
@@ -53,11 +62,7 @@ def test_new_credentials_reactivate_an_account_that_needed_them_but_not_a_disabl
 def test_a_first_sync_reads_no_stored_events_until_it_stored_some_and_a_no_change_sync_is_10_statements(
     settings,
 ):
-    name, _, path = REGISTRATION.partition("=")
-    settings.CALY_EXTRA_PROVIDERS = {name: path}
-    account = Account.objects.create(
-        owner=make_user(), provider="fake", name="Fake", url=fake_url("k1", events=4, batches=2)
-    )
+    account = fake_account(settings, "k1", events=4, batches=2)
 
     def sync() -> tuple[dict, list[str]]:
         run = services.sync_request_account(account=account, trigger="api", publish=False)
@@ -78,11 +83,7 @@ def test_a_first_sync_reads_no_stored_events_until_it_stored_some_and_a_no_chang
 
 
 def test_the_message_of_a_run_deleted_before_its_first_sync_is_dropped(settings):
-    name, _, path = REGISTRATION.partition("=")
-    settings.CALY_EXTRA_PROVIDERS = {name: path}
-    account = Account.objects.create(
-        owner=make_user(), provider="fake", name="Fake", url=fake_url("k2", events=1)
-    )
+    account = fake_account(settings, "k2", events=1)
     run = services.sync_request_account(account=account, trigger="api", publish=False)
     SyncRun.objects.filter(pk=run.pk).delete()
 
@@ -92,11 +93,7 @@ def test_the_message_of_a_run_deleted_before_its_first_sync_is_dropped(settings)
 
 
 def test_a_run_starts_when_a_worker_slot_took_its_message_not_when_its_thread_got_to_it(settings):
-    name, _, path = REGISTRATION.partition("=")
-    settings.CALY_EXTRA_PROVIDERS = {name: path}
-    account = Account.objects.create(
-        owner=make_user(), provider="fake", name="Fake", url=fake_url("k3", events=1)
-    )
+    account = fake_account(settings, "k3", events=1)
     run = services.sync_request_account(account=account, trigger="api", publish=False)
 
     before = timezone.now()
