@@ -184,6 +184,10 @@ def sync_request(
     A run already queued for an account is returned instead of a new one (coalescing); while a
     run is running, exactly one follow-up is queued. With `publish=False` nothing is sent to
     RabbitMQ: the caller runs the returned runs itself (`sync_run_execute`).
+
+    All or nothing: if RabbitMQ does not take one of the runs (BrokerUnavailable), the runs
+    this request added for the other accounts are withdrawn too (their messages find no run and
+    are dropped), except one a worker has already started.
     """
     if account is not None:
         if account.status != Account.Status.ACTIVE:
@@ -191,14 +195,39 @@ def sync_request(
         accounts = [account]
     else:
         accounts = list(Account.objects.filter(owner=user, status=Account.Status.ACTIVE))
-    return [sync_request_account(account=a, trigger=trigger, publish=publish) for a in accounts]
+    runs, added = [], []
+    for each in accounts:
+        try:
+            run, created = _request_account(account=each, trigger=trigger, publish=publish)
+        except BrokerUnavailable as exc:
+            if not added:
+                raise
+            withdrawn, _ = SyncRun.objects.filter(
+                pk__in=[r.pk for r in added], state=SyncRun.State.QUEUED, started_at=None
+            ).delete()
+            if withdrawn == len(added):
+                raise
+            raise BrokerUnavailable(
+                f"The sync queue (RabbitMQ) is unavailable; {len(added) - withdrawn} sync(s) of "
+                "other accounts had already started and go on, nothing else was queued. "
+                "Try again shortly."
+            ) from exc
+        runs.append(run)
+        if created:
+            added.append(run)
+    return runs
 
 
 def sync_request_account(*, account: Account, trigger: str, publish: bool = True) -> SyncRun:
+    return _request_account(account=account, trigger=trigger, publish=publish)[0]
+
+
+def _request_account(*, account: Account, trigger: str, publish: bool) -> tuple[SyncRun, bool]:
+    """The account's queued run, and whether this call added it."""
     with transaction.atomic():
         existing = SyncRun.objects.filter(account=account, state=SyncRun.State.QUEUED).first()
         if existing is not None:
-            return existing
+            return existing, False
         try:
             with transaction.atomic():
                 run = SyncRun.objects.create(
@@ -207,12 +236,12 @@ def sync_request_account(*, account: Account, trigger: str, publish: bool = True
         except IntegrityError:  # a concurrent request queued one first
             existing = SyncRun.objects.filter(account=account, state=SyncRun.State.QUEUED).first()
             if existing is not None:
-                return existing
+                return existing, False
             # ...and it has started already: queue the follow-up after all.
-            return sync_request_account(account=account, trigger=trigger, publish=publish)
+            return _request_account(account=account, trigger=trigger, publish=publish)
         if publish:
             transaction.on_commit(lambda: sync_publish(run=run, withdraw_on_failure=True))
-    return run
+    return run, True
 
 
 def sync_publish(*, run: SyncRun, withdraw_on_failure: bool = False) -> None:
