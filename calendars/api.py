@@ -15,7 +15,17 @@ class CalendarSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Calendar
-        fields = ["id", "account", "name", "url", "color", "timezone", "selected", "last_synced_at"]
+        fields = [
+            "id",
+            "account",
+            "name",
+            "url",
+            "color",
+            "timezone",
+            "selected",
+            "last_synced_at",
+            "missing_since",
+        ]
         read_only_fields = [f for f in fields if f != "selected"]
 
 

@@ -53,6 +53,9 @@ class Calendar(models.Model):
     sync_token = models.TextField(blank=True)
     ctag = models.TextField(blank=True)
     last_synced_at = models.DateTimeField(null=True, blank=True)
+    # When a sync first found the calendar missing from the server's list; the next sync that
+    # does not find it either deletes it. Cleared when it is listed again.
+    missing_since = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

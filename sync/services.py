@@ -142,7 +142,10 @@ def account_update(*, account: Account, credentials: dict | None = None, **field
 def calendars_reconcile(*, account: Account, remote: Iterable[RemoteCalendar]) -> list[Calendar]:
     """Make the stored calendar list match the server's: add, rename, remove.
 
-    Each returned calendar says whether it was just added (`is_new`: no events stored yet).
+    Returns the calendars the server listed; each says whether it was just added (`is_new`: no
+    events stored yet). A calendar the server leaves out is kept, events and all, the first time
+    (`missing_since`): a listing that drops one calendar may be the server's hiccup, and deleting
+    it would lose its events' ids. The next listing without it deletes it; one with it keeps it.
     """
     remote = list(remote)
     stored = read_rows(Calendar, {"account_id": account.pk}, order_by=("pk",))
@@ -164,14 +167,27 @@ def calendars_reconcile(*, account: Account, remote: Iterable[RemoteCalendar]) -
             calendar.is_new = True
         else:
             calendar.is_new = False
-            if any(getattr(calendar, name) != value for name, value in shown.items()):
-                for name, value in shown.items():
+            changed = {n: v for n, v in shown.items() if getattr(calendar, n) != v}
+            if calendar.missing_since is not None:
+                changed["missing_since"] = None
+            if changed:
+                for name, value in changed.items():
                     setattr(calendar, name, value)
-                calendar.save(update_fields=list(shown))
+                calendar.save(update_fields=list(changed))
         result.append(calendar)
-    gone = [c.pk for key, c in existing.items() if key not in seen]
+    missing = [c for key, c in existing.items() if key not in seen]
+    gone = [c.pk for c in missing if c.missing_since is not None]
     if gone:
         Calendar.objects.filter(pk__in=gone).delete()
+    newly_missing = [c.pk for c in missing if c.missing_since is None]
+    if newly_missing:
+        update_rows(Calendar, {"pk__in": newly_missing}, {"missing_since": timezone.now()})
+        logger.warning(
+            "account %s: calendars %s not listed by the server; deleted if the next sync does "
+            "not list them either",
+            account.pk,
+            newly_missing,
+        )
     return result
 
 

@@ -8,6 +8,7 @@ It forwards every request on loopback and can, per test:
 - truncate sync-collection answers to `page_size` responses with the RFC 6578 §3.6 507 marker
   and a continuation token, like servers with result limits;
 - answer listings of one calendar with no members at all (a spurious empty answer);
+- leave one calendar out of the calendar home's listing (a server's hiccup);
 - serve some objects' calendar-data broken (a server handing out what it should not);
 - refuse REPORTs that ask for calendar-data of the whole collection (sync-collection,
   calendar-query) with 400, as Radicale does past 10,000 VEVENTs in one answer.
@@ -68,6 +69,7 @@ class DAVProxy:
     reject_tokens: bool = False
     page_size: int = 0
     empty_listing_of: str = ""  # a calendar path: its listings come back without members
+    unlisted: str = ""  # a calendar path left out of its calendar home's listing
     corrupt: set[str] = field(default_factory=set)  # object paths served as broken iCalendar
     refuse_bulk_data: bool = False
     requests: list[Seen] = field(default_factory=list)
@@ -81,7 +83,7 @@ class DAVProxy:
     def reset(self) -> None:
         self.hide_sync = self.refuse_sync = self.reject_tokens = False
         self.page_size = 0
-        self.empty_listing_of = ""
+        self.empty_listing_of = self.unlisted = ""
         self.corrupt = set()
         self.refuse_bulk_data = False
         self.requests.clear()
@@ -172,9 +174,14 @@ class DAVProxy:
         empty = self.empty_listing_of and _same(path, self.empty_listing_of)
         paging = self.page_size and report == "sync-collection"
         corrupt = self.corrupt and method == "REPORT"
-        if not (hide or empty or paging or corrupt):
+        unlisted = self.unlisted and method == "PROPFIND"
+        if not (hide or empty or paging or corrupt or unlisted):
             return content
         root = etree.fromstring(content)
+        if unlisted:
+            for response in root.findall(f"{DAV}response"):
+                if _same(response.findtext(f"{DAV}href"), self.unlisted):
+                    root.remove(response)
         if corrupt:
             for response in root.findall(f"{DAV}response"):
                 if any(_same(response.findtext(f"{DAV}href"), c) for c in self.corrupt):

@@ -451,8 +451,37 @@ def test_calendars_added_renamed_removed_and_unselected(user, api, server, cal, 
     finally:
         server.delete_calendar(second)
 
-    # Removed on the server: gone from Caly with its events.
+    # Removed on the server: the next sync keeps it, events and all, and says since when it is
+    # missing (one listing without it may be the server's hiccup)...
+    assert run_sync(account).state == "succeeded"
+    assert api.get(f"/api/calendars/{added.pk}/").json()["missing_since"] is not None
+    assert [e.uid for e in Event.objects.filter(calendar=added)] == ["b@example.com"]
+    # ...and the one after, which does not list it either, deletes it with its events.
     assert run_sync(account).state == "succeeded"
     assert not Calendar.objects.filter(pk=added.pk).exists()
     assert not Event.objects.filter(uid="b@example.com").exists()
     assert SyncRun.objects.filter(account=account, state="failed").count() == 0
+
+
+def test_a_calendar_left_out_of_one_listing_keeps_its_events_and_their_ids(
+    user, api, server, cal, proxy
+):
+    seed(server, cal, 2)
+    other = new_calendar(server, display_name="Other")
+    try:
+        account = connect(user, server, base_url=proxy.url)
+        only(account, cal, other)
+        assert counts(run_sync(account)) == ("succeeded", 2, 0, 0)
+        calendar = calendar_of(account, cal)
+        ids = {key: event.pk for key, event in rows(calendar).items()}
+
+        proxy.unlisted = f"{server.home_path}{cal}/"  # one answer without it
+        assert counts(run_sync(account)) == ("succeeded", 0, 0, 0)
+        assert api.get(f"/api/calendars/{calendar.pk}/").json()["missing_since"] is not None
+
+        proxy.unlisted = ""  # listed again: nothing was lost, nothing is fetched again
+        assert counts(run_sync(account)) == ("succeeded", 0, 0, 0)
+        assert api.get(f"/api/calendars/{calendar.pk}/").json()["missing_since"] is None
+        assert {key: event.pk for key, event in rows(calendar).items()} == ids
+    finally:
+        server.delete_calendar(other)
