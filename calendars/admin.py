@@ -39,12 +39,29 @@ class AccountAdmin(admin.ModelAdmin):
 
 @admin.register(Calendar)
 class CalendarAdmin(admin.ModelAdmin):
-    list_display = ["name", "account", "selected", "event_count", "timezone", "last_synced_at"]
+    list_display = [
+        "name",
+        "account",
+        "selected",
+        "event_count",
+        "timezone",
+        "last_synced_at",
+        "missing_since",
+    ]
     list_filter = ["selected", "account__provider"]
     list_select_related = ["account"]
     search_fields = ["name", "remote_id", "account__name"]
-    fields = ["account", "name", "remote_id", "color", "timezone", "selected", "last_synced_at"]
-    readonly_fields = ["account", "remote_id", "last_synced_at"]
+    fields = [
+        "account",
+        "name",
+        "remote_id",
+        "color",
+        "timezone",
+        "selected",
+        "last_synced_at",
+        "missing_since",
+    ]
+    readonly_fields = ["account", "remote_id", "last_synced_at", "missing_since"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(event_count=Count("events"))

@@ -114,6 +114,11 @@ def test_accounts_and_calendars_show_status_errors_and_counts(admin_client):
     assert "credentials" not in detail.text
     calendars = admin_client.get("/admin/calendars/calendar/")
     assert re.search(r'class="field-event_count">2<', calendars.text)
+    # A calendar the server's last list left out says since when.
+    calendar.missing_since = dt.datetime(2026, 11, 29, 9, 30, tzinfo=dt.UTC)
+    calendar.save(update_fields=["missing_since"])
+    calendars = admin_client.get("/admin/calendars/calendar/")
+    assert re.search(r'class="field-missing_since[^>]*>Nov\. 29, 2026', calendars.text)
 
 
 @pytest.mark.django_db  # runs before any transactional test flushes the migration's rows
