@@ -29,6 +29,13 @@ def calendars_for_user(*, user, account_id: int | None = None) -> QuerySet[Calen
     return qs
 
 
+def calendars_missing_for_user(*, user) -> QuerySet[Calendar]:
+    """Calendars the server's last list left out: the next sync deletes them unless listed."""
+    return Calendar.objects.filter(account__owner=user, missing_since__isnull=False).order_by(
+        "name", "id"
+    )
+
+
 def events_for_user(*, user, calendar_id: int | None = None) -> QuerySet[Event]:
     """Stored rows (masters, overrides, single events); see `events_in_window` for a time window."""
     qs = Event.objects.filter(calendar__account__owner=user)

@@ -10,6 +10,7 @@ from django.utils import timezone
 from django.utils.timesince import timeuntil
 
 from calendars.models import Account
+from calendars.selectors import calendars_missing_for_user
 from sync import selectors
 from sync.models import SyncRun
 from sync.oauth import google_oauth_enabled
@@ -47,7 +48,11 @@ def dashboard(request):
     now = timezone.now()
     accounts = selectors.accounts_overview(user=request.user)
     resync_enabled = selectors.resync_enabled()
+    missing = {}
+    for calendar in calendars_missing_for_user(user=request.user):
+        missing.setdefault(calendar.account_id, []).append(calendar)
     for account in accounts:
+        account.missing_calendars = missing.get(account.pk, [])
         account.reconnect_url = (
             _google_connect_url(account) if account.provider == Account.Provider.GOOGLE else ""
         )

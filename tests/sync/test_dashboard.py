@@ -104,3 +104,20 @@ def test_a_google_account_links_to_its_reconnect_page_when_google_is_set_up(sett
     assert f'class="reconnect-link" href="/google/connect/{google.pk}/"' in block
     assert "Reconnect your Google account</a>" in block
     assert 'href="/google/connect/"' in html  # and a new one can be connected
+
+
+def test_calendars_the_server_left_out_are_named_until_the_next_sync_decides():
+    user = make_user("olga")
+    account = make_account(user, name="Fastmail")
+    make_calendar(account, name="Home")
+    left_out = make_calendar(account, name="Work", missing_since=timezone.now())
+    make_event(left_out)
+    other = make_account(user, name="Other")
+
+    html = signed_in(user).get("/").text
+
+    block = account_block(html, account)
+    assert re.findall(r'class="missing-calendar">([^<]*)<', block) == ["Work"]
+    assert "Caly keeps it with its events; the next sync deletes it unless" in block
+    assert visible_notices(block) == []
+    assert "missing-calendar" not in account_block(html, other)
