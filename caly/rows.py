@@ -134,22 +134,14 @@ def read_rows(
     `order_by` the rows come in no particular order (the model's default ordering is not
     applied: nothing to sort).
     """
-    where = _materialised(where)
-    db = connections[DEFAULT_DB_ALIAS]
-    where_shape, params = _where(model, where, db)
-    plan = None
-    if where_shape is not None:
-        plan = _select_plan(model, where_shape, tuple(related), lock, tuple(order_by), None, db)
-    if plan is None:
-        queryset = model._base_manager.filter(**_orm_where(where)).select_related(*related)
+
+    def by_orm(queryset):
+        queryset = queryset.select_related(*related)
         if lock:
             queryset = queryset.select_for_update(of=("self",))
         return list(queryset.order_by(*order_by))
-    if _matches_nothing(where_shape):
-        return []
-    with db.cursor() as cursor:
-        cursor.execute(plan.sql, params)
-        return [plan.instance(row, db.alias) for row in cursor.fetchall()]
+
+    return _read(model, where, (tuple(related), lock, tuple(order_by), None), by_orm)
 
 
 def read_row(model: type[M], where: Mapping[str, Any], **options) -> M | None:
@@ -166,20 +158,30 @@ def read_values(
     distinct: bool = False,
 ) -> list[tuple]:
     """`filter(**where).values_list(*fields)` (`.distinct()`), without ordering."""
+
+    def by_orm(queryset):
+        queryset = queryset.values_list(*fields)
+        return list((queryset.distinct() if distinct else queryset).order_by())
+
+    return _read(model, where, ((), False, (), (tuple(fields), distinct)), by_orm)
+
+
+def _read(model, where: Mapping[str, Any], shape: tuple, by_orm: Callable) -> list:
+    """Run the cached SELECT of `shape` (the arguments of `_select_plan` after `where`), or
+    hand `filter(**where)` to `by_orm` where the ORM must read."""
     where = _materialised(where)
     db = connections[DEFAULT_DB_ALIAS]
     where_shape, params = _where(model, where, db)
     plan = None
     if where_shape is not None:
-        plan = _select_plan(model, where_shape, (), False, (), (tuple(fields), distinct), db)
+        plan = _select_plan(model, where_shape, *shape, db.alias, db.vendor)
     if plan is None:
-        queryset = model._base_manager.filter(**_orm_where(where)).values_list(*fields)
-        return list((queryset.distinct() if distinct else queryset).order_by())
+        return by_orm(model._base_manager.filter(**_orm_where(where)))
     if _matches_nothing(where_shape):
         return []
     with db.cursor() as cursor:
         cursor.execute(plan.sql, params)
-        return [plan.converted(row) for row in cursor.fetchall()]
+        return [plan.read(row, db) for row in cursor.fetchall()]
 
 
 @functools.cache
@@ -366,32 +368,35 @@ class _Part:
     start: int
     end: int
     converters: tuple[tuple[int, tuple[Converter, ...], Any], ...]
-    # The foreign key of the first model this part's row is cached on (related parts only).
+    # Related parts only: the foreign key of the first model this part's row is cached on,
+    # and where the related row's primary key sits among its columns (None: no related row).
     via: models.Field | None = None
+    pk_index: int = 0
 
 
 @dataclass(frozen=True)
 class _SelectPlan:
     sql: str
     parts: tuple[_Part, ...]
-    connection: Any
+    instances: bool  # model instances (read_rows), or tuples of values (read_values)
 
-    def converted(self, row: Sequence) -> tuple:
+    def read(self, row: Sequence, db) -> models.Model | tuple:
         row = list(row)
         for part in self.parts:
             for index, converters, expression in part.converters:
                 for convert in converters:
-                    row[index] = convert(row[index], expression, self.connection)
-        return tuple(row)
-
-    def instance(self, row: Sequence, alias: str) -> models.Model:
-        row = self.converted(row)
+                    row[index] = convert(row[index], expression, db)
+        if not self.instances:
+            return tuple(row)
         base, *related = self.parts
-        instance = base.model.from_db(alias, None, row[base.start : base.end])
+        instance = base.model.from_db(db.alias, None, row[base.start : base.end])
         for part in related:
             values = row[part.start : part.end]
-            pk_index = part.model._meta.concrete_fields.index(part.model._meta.pk)
-            other = None if values[pk_index] is None else part.model.from_db(alias, None, values)
+            other = (
+                None
+                if values[part.pk_index] is None
+                else part.model.from_db(db.alias, None, values)
+            )
             part.via.set_cached_value(instance, other)
         return instance
 
@@ -404,16 +409,23 @@ def _select_plan(
     lock: bool,
     order_by: tuple[str, ...],
     values: tuple[tuple[str, ...], bool] | None,
-    db,
+    alias: str,
+    vendor: str,
 ) -> _SelectPlan | None:
     """The SELECT of `read_rows` (or of `read_values` with `values` = (fields, distinct)); None
-    where the ORM must read instead. Cached per connection: converters may be bound to it."""
+    where the ORM must read instead.
+
+    One plan serves every thread: the backend's converters it keeps (SQLite's, for dates and
+    booleans) depend on settings only, and each read passes its own connection to them.
+    """
+    db = connections[alias]
     quote = db.ops.quote_name
     table = model._meta.db_table
     joins, parts, columns = [], [], []
 
     def add_part(part_model, fields, part_table, via=None):
         start = len(columns)
+        pk_index = fields.index(part_model._meta.pk) if via is not None else 0
         converters = []
         for offset, field in enumerate(fields):
             expression = field.get_col(part_table)
@@ -423,7 +435,7 @@ def _select_plan(
             if found:
                 converters.append((start + offset, found, expression))
             columns.append(f"{quote(part_table)}.{quote(field.column)}")
-        parts.append(_Part(part_model, start, len(columns), tuple(converters), via))
+        parts.append(_Part(part_model, start, len(columns), tuple(converters), via, pk_index))
 
     if values is not None:
         names, distinct = values
@@ -464,4 +476,4 @@ def _select_plan(
     )
     if lock:
         sql += f" FOR UPDATE OF {quote(table)}" if related else " FOR UPDATE"
-    return _SelectPlan(sql, tuple(parts), db)
+    return _SelectPlan(sql, tuple(parts), instances=values is None)

@@ -218,9 +218,7 @@ def sync_request(
         except BrokerUnavailable as exc:
             if not added:
                 raise
-            withdrawn, _ = SyncRun.objects.filter(
-                pk__in=[r.pk for r in added], state=SyncRun.State.QUEUED, started_at=None
-            ).delete()
+            withdrawn = _withdraw(added)
             if withdrawn == len(added):
                 raise
             raise BrokerUnavailable(
@@ -276,11 +274,21 @@ def sync_publish(*, run: SyncRun, withdraw_on_failure: bool = False) -> None:
     except (OperationalError, KombuError, OSError) as exc:
         logger.error("could not publish sync run %s: %s", run.pk, type(exc).__name__)
         if withdraw_on_failure:
-            SyncRun.objects.filter(pk=run.pk, state=SyncRun.State.QUEUED, started_at=None).delete()
+            _withdraw([run])
         raise BrokerUnavailable(
             "The sync queue (RabbitMQ) is unavailable; nothing was queued. Try again shortly."
         ) from exc
     update_rows(SyncRun, {"pk": run.pk, "published_at": None}, {"published_at": timezone.now()})
+
+
+def _withdraw(runs: list[SyncRun]) -> int:
+    """Delete these runs unless a worker has started them; returns how many were deleted.
+
+    A message already published for one finds no run and is dropped."""
+    withdrawn, _ = SyncRun.objects.filter(
+        pk__in=[r.pk for r in runs], state=SyncRun.State.QUEUED, started_at=None
+    ).delete()
+    return withdrawn
 
 
 def _publish_or_leave_to_reaper(run: SyncRun) -> None:
