@@ -1,7 +1,8 @@
 """Row helpers for the statements every sync run makes, where the ORM's own cost shows.
 
 `update_rows`: what `Model.objects.filter(**where).update(**values)` does, its SQL built once;
-`update_together`: several of them as one transaction, in one round trip on PostgreSQL.
+`write_together`: several of them (and statements written by hand) as one transaction, in one
+round trip on PostgreSQL.
 `read_rows` / `read_row`: what `filter(**where)` (with `select_related`, `select_for_update`,
 `order_by`) reads, its SQL built once; `read_values`: the same for `values_list()`.
 `upsert_sql`: the INSERT ... ON CONFLICT DO UPDATE the ORM cannot write for one row or many.
@@ -73,15 +74,22 @@ def update_rows(
 
 
 class Update(NamedTuple):
-    """The arguments of one `update_rows` call, for `update_together`."""
+    """The arguments of one `update_rows` call, for `write_together`."""
 
     model: type[models.Model]
     where: Mapping[str, Any]
     values: Mapping[str, Any]
 
 
-def update_together(*updates: Update) -> int:
-    """Make the updates in the order given, as one transaction; returns how many rows the last
+class Statement(NamedTuple):
+    """A statement written by hand (`%s` placeholders), for `write_together`."""
+
+    sql: str
+    params: Sequence[Any] = ()
+
+
+def write_together(*writes: Update | Statement) -> int:
+    """Make the writes in the order given, as one transaction; returns how many rows the last
     one matched.
 
     On PostgreSQL they travel as one query: its statements run in order, in one transaction (an
@@ -90,20 +98,31 @@ def update_together(*updates: Update) -> int:
     after the other inside `atomic`.
     """
     db = connections[DEFAULT_DB_ALIAS]
-    updates = [Update(u.model, _materialised(u.where), u.values) for u in updates]
-    if not updates:
+    writes = [
+        w if isinstance(w, Statement) else Update(w.model, _materialised(w.where), w.values)
+        for w in writes
+    ]
+    if not writes:
         return 0
     with transaction.mark_for_rollback_on_error():
-        statements = [_update_statement(*u, db) for u in updates]
+        statements = [w if isinstance(w, Statement) else _update_statement(*w, db) for w in writes]
         if db.vendor != "postgresql" or any(s is None for s in statements):
             with transaction.atomic():
-                return [update_rows(*u) for u in updates][-1]
+                return [_write(w, db) for w in writes][-1]
         sent = [(sql, params) for sql, params in statements if sql]
         if not sent:
             return 0
         with db.cursor() as cursor:
             cursor.execute("; ".join(sql for sql, _ in sent), [p for _, ps in sent for p in ps])
             return cursor.rowcount if statements[-1][0] else 0
+
+
+def _write(write: Update | Statement, db) -> int:
+    if isinstance(write, Update):
+        return update_rows(*write)
+    with db.cursor() as cursor:
+        cursor.execute(write.sql, write.params)
+        return cursor.rowcount
 
 
 def _update_statement(model, where, values, db) -> tuple[str, list] | None:
@@ -197,8 +216,8 @@ def upsert_sql(
     """INSERT of the fields `names`; where a row with the same `conflict` fields exists, its
     `update` fields take the new values instead (PostgreSQL and SQLite).
 
-    `rows` stands for the VALUES list (psycopg2's `execute_values` wants "%s"); by default one
-    row of placeholders, one per name.
+    `rows` is the VALUES list, such as several rows of placeholders; by default one row of
+    placeholders, one per name.
     """
     quote = connections[alias].ops.quote_name
     column = {n: quote(_field(model, n).column) for n in (*names, *conflict, *update)}

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
-from caly.rows import Update, ValueOf, read_row, read_values, update_rows, update_together
+from caly.rows import Update, ValueOf, read_row, read_values, update_rows, write_together
 from sync.models import SyncLease, SyncRun
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def run_claim(
     if task_id:
         run.task_id = task_id
     fields = ("state", "started_at", "attempts", "deferred", "retry_at", "task_id")
-    update_together(
+    write_together(
         Update(SyncLease, {"pk": lease.pk}, {"holder": token, "expires_at": lease.expires_at}),
         Update(SyncRun, {"pk": run.pk}, {name: getattr(run, name) for name in fields}),
     )
@@ -183,7 +183,7 @@ def _seconds_until(when: dt.datetime, now: dt.datetime) -> int:
 
 def lease_release(*, account_id: int, token: str) -> Update:
     """The update that gives the lease back if `token` still holds it (another worker may have
-    taken it over), for `caly.rows.update_together`.
+    taken it over), for `caly.rows.write_together`.
 
     Make it first in the transaction that ends a run: the lease row is locked before any run.
     """

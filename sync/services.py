@@ -23,7 +23,15 @@ from django.utils import timezone
 from kombu.exceptions import KombuError, OperationalError
 
 from calendars.models import Account, Calendar, Event
-from caly.rows import Update, read_rows, read_values, update_rows, update_together, upsert_sql
+from caly.rows import (
+    Statement,
+    Update,
+    read_rows,
+    read_values,
+    update_rows,
+    upsert_sql,
+    write_together,
+)
 from sync import lifecycle, retry, selectors
 from sync.engine import Plan, StoredEvent, normalize_href, plan_changes
 from sync.leases import (
@@ -349,6 +357,8 @@ class Counts:
     events_unrecorded: int = 0
     # Calendars found unchanged (nothing written): their last_synced_at is set with the ending.
     calendars_unchanged: list[int] = field(default_factory=list)
+    # What the sync learnt about its account (a calendar home that moved), saved with the ending.
+    account: dict = field(default_factory=dict)
 
     def add(self, plan: Plan) -> None:
         self.created += len(plan.create)
@@ -361,6 +371,9 @@ class Counts:
 
     def event_counts(self) -> dict:
         return {"created": self.created, "updated": self.updated, "deleted": self.deleted}
+
+    def calendar_counts(self) -> dict:
+        return {"calendars_total": self.calendars_total, "calendars_done": self.calendars_done}
 
 
 @dataclass(frozen=True)
@@ -447,20 +460,20 @@ def _end(
     if counts.calendars_unchanged:
         unchanged = {"pk__in": counts.calendars_unchanged}
         updates.append(Update(Calendar, unchanged, {"last_synced_at": now}))
-    if ending is not None and ending.account:
-        updates.append(Update(Account, {"pk": run.account_id}, ending.account))
+    account = {**counts.account, **(ending.account if ending is not None else {})}
+    if account:
+        updates.append(Update(Account, {"pk": run.account_id}, account))
     if ending is not None:
         values = {
             "state": ending.state,
             "finished_at": now,
             "error": ending.error,
-            "calendars_total": counts.calendars_total,
-            "calendars_done": counts.calendars_done,
+            **counts.calendar_counts(),
             "events_processed": F("events_processed") + counts.events_unrecorded,
             **counts.event_counts(),
         }
         updates.append(Update(SyncRun, {"pk": run.pk}, values))
-    matched = update_together(*updates)
+    matched = write_together(*updates)
     recorded = ending is None or bool(matched)
     return recorded, lease_hand_over(account_id=run.account_id)
 
@@ -578,15 +591,13 @@ def _sync_account(
     try:
         remote = provider.discover()
         if provider.home_url != account.home_url:
-            update_rows(Account, {"pk": account.pk}, {"home_url": provider.home_url})
+            counts.account["home_url"] = provider.home_url
         calendars = calendars_reconcile(account=account, remote=remote)
         by_id = {normalize_href(r.remote_id): r for r in remote}
         selected = [c for c in calendars if c.selected]
         counts.calendars_total, counts.calendars_done = len(selected), 0
         # Someone watching sees the sync past discovery ("0/1 calendars") while it lists events.
-        update_rows(
-            SyncRun, {"pk": run.pk}, {"calendars_total": len(selected), "calendars_done": 0}
-        )
+        update_rows(SyncRun, {"pk": run.pk}, counts.calendar_counts())
         for calendar in selected:
             synced_at = calendar.last_synced_at
             _sync_calendar(
@@ -661,39 +672,41 @@ def _record_skipped(run: SyncRun, calendar: Calendar, batch: ChangeBatch) -> Non
 def events_apply(*, calendar: Calendar, batch: ChangeBatch, nothing_stored: bool = False) -> Plan:
     """Store one batch of changes; the calendar's cursor moves only with the last batch.
 
-    A batch with nothing in it and the cursor where it was (a sync that found no change) costs
-    no statement at all. `nothing_stored`: the calendar has no events yet (it was added by this
-    sync and this is its first batch), so there is nothing to compare with.
+    Everything the batch writes (deletions, moved hrefs, the events, the cursor) is one
+    transaction, sent as one query on PostgreSQL. A batch with nothing in it and the cursor where
+    it was (a sync that found no change) costs no statement at all. `nothing_stored`: the
+    calendar has no events yet (it was added by this sync and this is its first batch), so there
+    is nothing to compare with.
     """
     cursor = batch.cursor
     if not (batch.objects or batch.deleted_hrefs) and (
         cursor is None or (cursor.sync_token, cursor.ctag) == (calendar.sync_token, calendar.ctag)
     ):
         return Plan()
-    with transaction.atomic():
-        return _events_store(calendar, batch, nothing_stored=nothing_stored)
-
-
-def _events_store(calendar: Calendar, batch: ChangeBatch, *, nothing_stored: bool) -> Plan:
     _skip_oversized(batch)
+    # Read outside the writing transaction: the account's lease keeps other syncs away.
     stored = [] if nothing_stored else _events_stored(calendar, batch)
     plan = plan_changes(stored=stored, objects=batch.objects, deleted_hrefs=batch.deleted_hrefs)
-    if plan.delete_ids:
-        Event.objects.filter(pk__in=plan.delete_ids).delete()
-    if plan.relocate:
-        Event.objects.bulk_update(
-            [Event(pk=pk, href=normalize_href(w.href), etag=w.etag) for pk, w in plan.relocate],
-            ["href", "etag"],
-            batch_size=500,
-        )
+    writes: list[Update | Statement] = []
+    quote = connection.ops.quote_name
+    table, pk = quote(Event._meta.db_table), quote(Event._meta.pk.column)
+    for ids in _pages(plan.delete_ids, UPSERT_PAGE):
+        sql = f"DELETE FROM {table} WHERE {pk} IN ({', '.join(['%s'] * len(ids))})"
+        writes.append(Statement(sql, ids))
+    writes += [
+        Update(Event, {"pk": pk}, {"href": normalize_href(w.href), "etag": w.etag})
+        for pk, w in plan.relocate
+    ]
     if plan.writes:
-        now = timezone.now()
-        _events_upsert(calendar, plan.writes, now=now)
-    if batch.cursor is not None:
-        calendar.sync_token, calendar.ctag = batch.cursor.sync_token, batch.cursor.ctag
+        writes += _events_upsert(calendar, plan.writes, now=timezone.now())
+    if cursor is not None:
+        calendar.sync_token, calendar.ctag = cursor.sync_token, cursor.ctag
         calendar.last_synced_at = timezone.now()
         cursor_fields = ("sync_token", "ctag", "last_synced_at")
-        update_rows(Calendar, {"pk": calendar.pk}, {f: getattr(calendar, f) for f in cursor_fields})
+        writes.append(
+            Update(Calendar, {"pk": calendar.pk}, {f: getattr(calendar, f) for f in cursor_fields})
+        )
+    write_together(*writes)
     return plan
 
 
@@ -741,67 +754,73 @@ EVENT_LIMITS = {
 
 # Columns of an upsert, in order; the last ones are only set when a row is created.
 UPSERT_COLUMNS = ("calendar", "uid", "recurrence_id", *EVENT_FIELDS, "created_at")
+UPSERT_PAGE = 500  # rows per INSERT (or ids per DELETE) statement
 
 
-def _events_upsert(calendar: Calendar, writes, *, now) -> None:
-    """Insert or update events by (calendar, UID, RECURRENCE-ID), 500 rows a statement.
+def _events_upsert(calendar: Calendar, writes, *, now) -> list[Statement]:
+    """The INSERTs of events by (calendar, UID, RECURRENCE-ID), existing ones updated instead,
+    UPSERT_PAGE rows a statement.
 
-    On PostgreSQL the statement is written here and sent with execute_values: Django's
-    bulk_create spends longer preparing twenty fields per row than the database takes to
-    store them, which made it the largest part of a big first sync.
+    Written here rather than by bulk_create: Django spends longer preparing twenty fields per
+    row than the database takes to store them, which made it the largest part of a big first
+    sync. Only the fields the database driver cannot take as they are (dates and times on
+    SQLite, the JSON lists) go through their field's preparation.
     """
-    values = [
-        {
-            "calendar": calendar.pk,
-            "uid": w.event.uid,
-            "recurrence_id": w.event.recurrence_id,
-            "href": normalize_href(w.href),
-            "etag": w.etag,
-            "summary": w.event.summary,
-            "description": w.event.description,
-            "location": w.event.location,
-            "start": w.event.start,
-            "end": w.event.end,
-            "all_day": w.event.all_day,
-            "timezone": w.event.timezone,
-            "status": w.event.status,
-            "rrule": w.event.rrule,
-            "rdate": list(w.event.rdate),
-            "exdate": list(w.event.exdate),
-            "raw": w.raw,
-            "remote_last_modified": w.event.last_modified,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for w in writes
+    db = connection
+    # What the driver cannot take as it is: the JSON lists; dates and times too, off PostgreSQL.
+    prepared = ("rdate", "exdate")
+    if db.vendor != "postgresql":
+        prepared += ("start", "end", "remote_last_modified")
+    prepare = [
+        (UPSERT_COLUMNS.index(n), Event._meta.get_field(n).get_db_prep_save) for n in prepared
     ]
-    if connection.vendor != "postgresql":
-        Event.objects.bulk_create(
-            [
-                Event(**{("calendar_id" if k == "calendar" else k): v for k, v in row.items()})
-                for row in values
-            ],
-            update_conflicts=True,
-            unique_fields=["calendar", "uid", "recurrence_id"],
-            update_fields=list(EVENT_FIELDS),
-            batch_size=500,
+    now = Event._meta.get_field("updated_at").get_db_prep_save(now, db)
+    rows = []
+    for w in writes:
+        event = w.event
+        row = [
+            calendar.pk,
+            event.uid,
+            event.recurrence_id,
+            normalize_href(w.href),
+            w.etag,
+            event.summary,
+            event.description,
+            event.location,
+            event.start,
+            event.end,
+            event.all_day,
+            event.timezone,
+            event.status,
+            event.rrule,
+            list(event.rdate),
+            list(event.exdate),
+            w.raw,
+            event.last_modified,
+            now,
+            now,
+        ]
+        for i, field_prep in prepare:
+            row[i] = field_prep(row[i], db)
+        rows.append(row)
+    limit = db.features.max_query_params or UPSERT_PAGE * len(UPSERT_COLUMNS)
+    one = f"({', '.join(['%s'] * len(UPSERT_COLUMNS))})"
+    statements = []
+    for chunk in _pages(rows, min(UPSERT_PAGE, limit // len(UPSERT_COLUMNS))):
+        sql = upsert_sql(
+            Event,
+            UPSERT_COLUMNS,
+            conflict=("calendar", "uid", "recurrence_id"),
+            update=EVENT_FIELDS,
+            rows=", ".join([one] * len(chunk)),
         )
-        return
-    from psycopg2.extras import Json, execute_values
+        statements.append(Statement(sql, [value for row in chunk for value in row]))
+    return statements
 
-    sql = upsert_sql(
-        Event,
-        UPSERT_COLUMNS,
-        conflict=("calendar", "uid", "recurrence_id"),
-        update=EVENT_FIELDS,
-        rows="%s",
-    )
-    rows = [
-        tuple(Json(row[n]) if n in ("rdate", "exdate") else row[n] for n in UPSERT_COLUMNS)
-        for row in values
-    ]
-    with connection.cursor() as cursor:
-        execute_values(cursor.cursor, sql, rows, page_size=500)
+
+def _pages(items: list, size: int) -> list[list]:
+    size = max(size, 1)
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 # --- the reaper ---------------------------------------------------------------------------

@@ -12,13 +12,14 @@ from django.test.utils import CaptureQueriesContext
 
 from calendars.models import Account, Calendar, Event
 from caly.rows import (
+    Statement,
     Update,
     ValueOf,
     read_row,
     read_rows,
     read_values,
     update_rows,
-    update_together,
+    write_together,
 )
 from sync.models import SyncLease, SyncRun
 from tests.factories import make_account, make_calendar, make_user
@@ -218,28 +219,48 @@ def test_updates_together_are_one_round_trip_and_one_transaction(account):
     ended = Update(SyncRun, {"pk": run.pk}, {"state": "succeeded", "finished_at": WHEN})
 
     with CaptureQueriesContext(connection) as queries:
-        assert update_together(release, ended) == 1
+        assert write_together(release, ended) == 1
     assert len(queries) == (1 if connection.vendor == "postgresql" else 2)
     assert SyncLease.objects.get(pk=lease.pk).holder == ""
     assert SyncRun.objects.get(pk=run.pk).state == "succeeded"
     # The count is the last update's; one that cannot match anything is not sent.
     nothing = Update(Calendar, {"pk__in": []}, {"name": "x"})
-    assert update_together(ended, nothing) == 0
-    assert update_together(nothing, Update(SyncRun, {"pk": -1}, {"error": "x"})) == 0
-    assert update_together() == 0
+    assert write_together(ended, nothing) == 0
+    assert write_together(nothing, Update(SyncRun, {"pk": -1}, {"error": "x"})) == 0
+    assert write_together() == 0
 
     # A failing update undoes the ones before it.
     taken = Update(SyncLease, {"pk": lease.pk}, {"holder": "2:w:y"})
     too_long = Update(SyncRun, {"pk": run.pk}, {"state": "x" * 17})
     with pytest.raises(DataError), transaction.atomic():
-        update_together(taken, too_long)
+        write_together(taken, too_long)
     assert SyncLease.objects.get(pk=lease.pk).holder == ""
+
+
+def test_statements_written_by_hand_go_in_the_same_round_trip_and_transaction(account):
+    calendar = make_calendar(account, name="kept")
+    run = SyncRun.objects.create(account=account, trigger="api", state="running")
+    table = connection.ops.quote_name(Calendar._meta.db_table)
+    rename = Statement(f"UPDATE {table} SET name = %s WHERE id = %s", ["renamed", calendar.pk])
+    ended = Update(SyncRun, {"pk": run.pk}, {"state": "succeeded"})
+
+    with CaptureQueriesContext(connection) as queries:
+        assert write_together(rename, ended) == 1
+    assert len(queries) == (1 if connection.vendor == "postgresql" else 2)
+    assert Calendar.objects.get(pk=calendar.pk).name == "renamed"
+
+    # An update failing after it undoes the statement too.
+    again = Statement(f"UPDATE {table} SET name = %s WHERE id = %s", ["lost", calendar.pk])
+    too_long = Update(SyncRun, {"pk": run.pk}, {"state": "x" * 17})
+    with pytest.raises(DataError), transaction.atomic():
+        write_together(again, too_long)
+    assert Calendar.objects.get(pk=calendar.pk).name == "renamed"
 
 
 def test_updates_together_with_a_shape_for_the_orm(account):
     calendar = make_calendar(account, name="old")
     by_orm = Update(Calendar, {"account__name": account.name}, {"name": F("color")})
     stamped = Update(Calendar, {"pk": calendar.pk}, {"last_synced_at": WHEN})
-    assert update_together(by_orm, stamped) == 1
+    assert write_together(by_orm, stamped) == 1
     calendar.refresh_from_db()
     assert (calendar.name, calendar.last_synced_at) == (calendar.color, WHEN)

@@ -56,6 +56,10 @@ def main(count: int) -> None:
                 "states": [states[pk] for pk in runs],
                 "distinct_runs": len(set(runs)),
                 "events": Event.objects.filter(calendar__account__in=accounts).count(),
+                "an_event": [
+                    (e.summary, e.start.isoformat(), e.end.isoformat(), e.rdate)
+                    for e in Event.objects.filter(calendar__account=accounts[0], summary="Event 1")
+                ],
                 "keys": [a.url.split("/")[3].split("?")[0] for a in accounts],
                 "reaper": sync_runs_reap(),
             }

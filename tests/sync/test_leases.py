@@ -182,6 +182,10 @@ def test_lease_and_queue_on_the_sqlite_default(lab, tmp_path):
 
     assert result["states"] == ["succeeded"] * 6 and result["distinct_runs"] == 6, result
     assert result["events"] == 3 * 3
+    # Stored as on PostgreSQL: instants in UTC, lists as JSON.
+    assert result["an_event"] == [
+        ["Event 1", "2030-01-02T09:00:00+00:00", "2030-01-02T10:00:00+00:00", []]
+    ]
     assert result["reaper"] == {"requeued": [], "failed": [], "published": []}
     log = lab.provider_log()
     for key in result["keys"]:

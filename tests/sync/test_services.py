@@ -47,6 +47,31 @@ def test_an_object_too_big_for_its_columns_is_skipped_and_named_the_rest_stored(
     ]
 
 
+def test_a_batch_bigger_than_a_statement_is_still_one_query_and_one_transaction():
+    calendar = make_calendar(make_account(make_user()))
+    objects = [remote(f"u{i}", f"/cal/{i}.ics") for i in range(1200)]
+    services.events_apply(calendar=calendar, batch=ChangeBatch(objects=objects))
+    kept = Event.objects.get(calendar=calendar, uid="u1199").pk
+
+    # 1,100 deleted, 1 changed, 500 added: three DELETEs and two INSERTs, sent together.
+    moved = RemoteEvent(uid="u1199", summary="Moved")
+    changed = RemoteObject(href="/cal/1199.ics", etag='"2"', events=(moved,), raw="Moved")
+    added = [remote(f"u{i}", f"/cal/{i}.ics") for i in range(1200, 1700)]
+    gone = [f"/cal/{i}.ics" for i in range(1100)]
+    with CaptureQueriesContext(connection) as queries:
+        plan = services.events_apply(
+            calendar=calendar, batch=ChangeBatch(objects=[changed, *added], deleted_hrefs=gone)
+        )
+
+    assert (len(plan.create), len(plan.update), len(plan.delete_ids)) == (500, 1, 1100)
+    assert Event.objects.filter(calendar=calendar).count() == 600
+    event = Event.objects.get(calendar=calendar, uid="u1199")
+    assert (event.pk, event.etag, event.summary) == (kept, '"2"', "Moved")
+    writes = [q["sql"] for q in queries.captured_queries if "INSERT INTO" in q["sql"]]
+    assert len(writes) == 1
+    assert (writes[0].count("DELETE FROM"), writes[0].count("INSERT INTO")) == (3, 2)
+
+
 def test_new_credentials_reactivate_an_account_that_needed_them_but_not_a_disabled_one():
     user = make_user()
     expired = make_account(user, status=Account.Status.NEEDS_REAUTH)
@@ -60,7 +85,7 @@ def test_new_credentials_reactivate_an_account_that_needed_them_but_not_a_disabl
     assert Account.objects.get(pk=disabled.pk).credentials == {"password": "new"}
 
 
-def test_a_first_sync_reads_no_stored_events_until_it_stored_some_and_a_no_change_sync_is_10_statements(
+def test_a_first_sync_reads_no_stored_events_before_its_first_batch_a_no_change_one_10_statements(
     settings,
 ):
     account = fake_account(settings, "k1", events=4, batches=2)
@@ -77,6 +102,11 @@ def test_a_first_sync_reads_no_stored_events_until_it_stored_some_and_a_no_chang
     # The calendar is new: the stored etags are not read, nor the stored events for the first
     # batch; the second batch is compared with what the first stored.
     assert sum('FROM "calendars_event"' in sql for sql in first_sql) == 1
+    # Each batch is stored in one query; the last one moves the calendar's cursor with it.
+    stores = [sql for sql in first_sql if 'INSERT INTO "calendars_event"' in sql]
+    assert len(stores) == 2
+    assert 'UPDATE "calendars_calendar"' in stores[1]
+    assert 'UPDATE "calendars_calendar"' not in stores[0]
 
     again, again_sql = sync()
     assert (again["state"], again["created"], again["updated"]) == ("succeeded", 0, 0)
