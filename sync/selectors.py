@@ -1,8 +1,10 @@
-"""Reads of sync runs (scoped to one user) and of when accounts were and will next be synced."""
+"""Reads of sync runs (scoped to one user), of when accounts were and will next be synced, and of
+the etags a sync compares with."""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator, Mapping
 
 from django.conf import settings
 from django.db.models import (
@@ -17,7 +19,8 @@ from django.db.models import (
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
-from calendars.models import Account
+from calendars.models import Account, Event
+from caly.rows import read_values
 from sync.models import SyncRun
 
 
@@ -100,3 +103,30 @@ def account_next_sync(*, account: Account, now: dt.datetime | None = None) -> dt
     if account.last_attempt <= _NEVER.value:
         return now
     return account.last_attempt + dt.timedelta(minutes=settings.CALY_RESYNC_MINUTES)
+
+
+class StoredEtags(Mapping):
+    """The stored etag of each href of a calendar, read when first looked at.
+
+    A sync that finds nothing changed (an unchanged CTag, an empty sync-collection report or
+    Google page) never looks, and reads none of them.
+    """
+
+    def __init__(self, calendar_id: int):
+        self.calendar_id = calendar_id
+        self._etags: dict[str, str] | None = None
+
+    def _read(self) -> dict[str, str]:
+        if self._etags is None:
+            where = {"calendar_id": self.calendar_id}
+            self._etags = dict(read_values(Event, where, ("href", "etag"), distinct=True))
+        return self._etags
+
+    def __getitem__(self, href: str) -> str:
+        return self._read()[href]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())

@@ -27,7 +27,6 @@ from caly.rows import (
     Statement,
     Update,
     read_rows,
-    read_values,
     update_rows,
     upsert_sql,
     write_together,
@@ -635,11 +634,7 @@ def _sync_calendar(
 ) -> None:
     # A calendar this sync added has no events to read until its first batch is stored.
     nothing_stored = getattr(calendar, "is_new", False)
-    known = {}
-    if not nothing_stored:
-        known = dict(
-            read_values(Event, {"calendar_id": calendar.pk}, ("href", "etag"), distinct=True)
-        )
+    known = {} if nothing_stored else selectors.StoredEtags(calendar.pk)
     cursor = Cursor(sync_token=calendar.sync_token, ctag=calendar.ctag)
     for batch in provider.changes(remote, cursor=cursor, known=known):
         _checkpoint(heartbeat=heartbeat, deadline=deadline)

@@ -473,7 +473,10 @@ class CalDAVProvider(Provider):
                     "sync token of %s not accepted (%s); resyncing fully", urlsplit(url).path, exc
                 )
             else:
-                known_n = {normalize_href(h): e for h, e in known.items()}
+                # Nothing listed: the stored etags are not even read.
+                known_n = (
+                    {normalize_href(h): e for h, e in known.items()} if listing.changed else {}
+                )
                 to_fetch = [
                     h for h, e in listing.changed.items() if not e or known_n.get(unquote(h)) != e
                 ]

@@ -7,7 +7,8 @@ accounts use provider "fake" and describe their behaviour in the URL query:
 
 - `delay`: seconds each request takes (discovery is one request, each batch of changes one);
 - `events`: events in the calendar, fetched in `batches` batches (fewer when some are
-  already stored);
+  already stored); the calendar's CTag is the number of events, and once a sync stored it the
+  next one asks only for the CTag (one request), as against a CalDAV server;
 - `transient`: the first N syncs of the account fail with a TransientError (429-like), with
   `retry_after` seconds as the server's Retry-After.
 
@@ -92,6 +93,11 @@ class FakeProvider(Provider):
     def changes(
         self, calendar: RemoteCalendar, *, cursor: Cursor, known: Mapping[str, str]
     ) -> Iterator[ChangeBatch]:
+        ctag = str(self.events)
+        if cursor.ctag == ctag:  # like a CalDAV server whose CTag did not move: one request
+            self._request()
+            yield ChangeBatch(cursor=Cursor(ctag=ctag))
+            return
         listed = {f"/{self.key}/cal/e{i}.ics": '"1"' for i in range(self.events)}
         wanted = [h for h, etag in listed.items() if known.get(h) != etag]
         gone = [h for h in known if h not in listed]
@@ -105,7 +111,7 @@ class FakeProvider(Provider):
             yield ChangeBatch(
                 objects=[self._object(href) for href in chunk],
                 deleted_hrefs=gone if last else [],
-                cursor=Cursor(ctag=str(self.events)) if last else None,
+                cursor=Cursor(ctag=ctag) if last else None,
             )
 
     def _object(self, href: str) -> RemoteObject:

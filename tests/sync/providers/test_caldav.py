@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from calendars.models import Calendar, Event
 from sync.models import SyncRun
@@ -47,6 +49,10 @@ def proxy(server):
     proxy = DAVProxy(server.base_url).start()
     yield proxy
     proxy.stop()
+
+
+def reads_events(queries: CaptureQueriesContext) -> bool:
+    return any('FROM "calendars_event"' in q["sql"] for q in queries.captured_queries)
 
 
 def seed(server, cal: str, count: int, summary: str | None = "Meeting") -> None:
@@ -89,8 +95,11 @@ def test_first_sync_then_only_changes_within_the_request_budget(user, server, ca
     assert after[("e0@example.com", "")].updated_at == first[("e0@example.com", "")].updated_at
 
     proxy.requests.clear()
-    assert counts(run_sync(account)) == ("succeeded", 0, 0, 0)
+    with CaptureQueriesContext(connection) as queries:
+        assert counts(run_sync(account)) == ("succeeded", 0, 0, 0)
     assert len(proxy.requests) == 2
+    # An empty sync-collection answer: the stored events are not even read.
+    assert not reads_events(queries)
 
     server.delete(cal, "e2.ics")
     server.put(cal, "e3.ics", vevent("e3@example.com"))
@@ -169,10 +178,14 @@ def test_servers_without_sync_collection_use_ctag_and_etags(user, server, cal, p
     first = rows(calendar)
 
     proxy.requests.clear()
-    assert counts(run_sync(account)) == ("succeeded", 0, 0, 0)
-    # Unchanged ctag: nothing listed, nothing fetched.
+    with CaptureQueriesContext(connection) as queries:
+        assert counts(run_sync(account)) == ("succeeded", 0, 0, 0)
+    # Unchanged ctag: nothing listed, nothing fetched. No stored event is read either, unless the
+    # server offers sync-collection and then refuses it (a full sync-collection is tried first,
+    # and which one it is depends on whether the calendar has events).
     assert proxy.count("PROPFIND") == 2
     assert proxy.count(report="calendar-multiget") == proxy.count(report="calendar-query") == 0
+    assert reads_events(queries) == (how == "refused")
 
     server.put(cal, "e1.ics", vevent("e1@example.com", summary="Moved"))
     server.delete(cal, "e2.ics")
