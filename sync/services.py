@@ -684,9 +684,9 @@ def events_apply(*, calendar: Calendar, batch: ChangeBatch, nothing_stored: bool
     plan = plan_changes(stored=stored, objects=batch.objects, deleted_hrefs=batch.deleted_hrefs)
     writes: list[Update | Statement] = []
     quote = connection.ops.quote_name
-    table, pk = quote(Event._meta.db_table), quote(Event._meta.pk.column)
+    table, id_column = quote(Event._meta.db_table), quote(Event._meta.pk.column)
     for ids in _pages(plan.delete_ids, UPSERT_PAGE):
-        sql = f"DELETE FROM {table} WHERE {pk} IN ({', '.join(['%s'] * len(ids))})"
+        sql = f"DELETE FROM {table} WHERE {id_column} IN ({', '.join(['%s'] * len(ids))})"
         writes.append(Statement(sql, ids))
     writes += [
         Update(Event, {"pk": pk}, {"href": normalize_href(w.href), "etag": w.etag})
