@@ -23,6 +23,7 @@ on PostgreSQL and on SQLite. Anything else goes to the ORM unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,18 +60,7 @@ def update_rows(
     model: type[models.Model], where: Mapping[str, Any], values: Mapping[str, Any]
 ) -> int:
     """UPDATE the rows of `model` matching `where` with `values`; returns how many matched."""
-    where = _materialised(where)
-    db = connections[DEFAULT_DB_ALIAS]  # looked up once: each `connection.x` is a lookup
-    with transaction.mark_for_rollback_on_error():
-        statement = _update_statement(model, where, values, db)
-        if statement is None:
-            return model._base_manager.filter(**_orm_where(where)).update(**values)
-        sql, params = statement
-        if not sql:
-            return 0
-        with db.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.rowcount
+    return write_together(Update(model, where, values))
 
 
 class Update(NamedTuple):
@@ -95,9 +85,9 @@ def write_together(*writes: Update | Statement) -> int:
     On PostgreSQL they travel as one query: its statements run in order, in one transaction (an
     implicit one outside `atomic`), so locks are taken in the order given and a failing statement
     undoes the others. Elsewhere, or if one of them is a shape for the ORM, they are made one
-    after the other inside `atomic`.
+    after the other (inside `atomic` when there are several).
     """
-    db = connections[DEFAULT_DB_ALIAS]
+    db = connections[DEFAULT_DB_ALIAS]  # looked up once: each `connection.x` is a lookup
     writes = [
         w if isinstance(w, Statement) else Update(w.model, _materialised(w.where), w.values)
         for w in writes
@@ -107,8 +97,8 @@ def write_together(*writes: Update | Statement) -> int:
     with transaction.mark_for_rollback_on_error():
         statements = [w if isinstance(w, Statement) else _update_statement(*w, db) for w in writes]
         if db.vendor != "postgresql" or any(s is None for s in statements):
-            with transaction.atomic():
-                return [_write(w, db) for w in writes][-1]
+            with transaction.atomic() if len(writes) > 1 else contextlib.nullcontext():
+                return [_write(w, s, db) for w, s in zip(writes, statements, strict=True)][-1]
         sent = [(sql, params) for sql, params in statements if sql]
         if not sent:
             return 0
@@ -117,11 +107,17 @@ def write_together(*writes: Update | Statement) -> int:
             return cursor.rowcount if statements[-1][0] else 0
 
 
-def _write(write: Update | Statement, db) -> int:
-    if isinstance(write, Update):
-        return update_rows(*write)
+def _write(write: Update | Statement, statement: tuple[str, Sequence] | None, db) -> int:
+    """One write on its own: `statement` is its SQL ("" where nothing can match), or None where
+    the ORM must update."""
+    if statement is None:
+        model, where, values = write
+        return model._base_manager.filter(**_orm_where(where)).update(**values)
+    sql, params = statement
+    if not sql:
+        return 0
     with db.cursor() as cursor:
-        cursor.execute(write.sql, write.params)
+        cursor.execute(sql, params)
         return cursor.rowcount
 
 

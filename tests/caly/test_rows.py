@@ -212,48 +212,34 @@ def test_reads_it_does_not_cover_go_to_the_orm(account):
     assert read_values(Calendar, {"account": account}, ("name",)) == [("x",)]
 
 
-def test_updates_together_are_one_round_trip_and_one_transaction(account):
+def test_writes_together_are_one_round_trip_and_one_transaction(account):
     lease = SyncLease.objects.create(account=account, holder="1:w:x", expires_at=WHEN)
     run = SyncRun.objects.create(account=account, trigger="api", state="running")
+    calendar = make_calendar(account, name="kept")
     release = Update(SyncLease, {"account_id": account.pk, "holder": "1:w:x"}, {"holder": ""})
     ended = Update(SyncRun, {"pk": run.pk}, {"state": "succeeded", "finished_at": WHEN})
+    # A statement written by hand goes along.
+    table = connection.ops.quote_name(Calendar._meta.db_table)
+    rename = "UPDATE " + table + " SET name = %s WHERE id = %s"
 
     with CaptureQueriesContext(connection) as queries:
-        assert write_together(release, ended) == 1
-    assert len(queries) == (1 if connection.vendor == "postgresql" else 2)
+        assert write_together(release, Statement(rename, ["renamed", calendar.pk]), ended) == 1
+    assert len(queries) == (1 if connection.vendor == "postgresql" else 3)
     assert SyncLease.objects.get(pk=lease.pk).holder == ""
     assert SyncRun.objects.get(pk=run.pk).state == "succeeded"
+    assert Calendar.objects.get(pk=calendar.pk).name == "renamed"
     # The count is the last update's; one that cannot match anything is not sent.
     nothing = Update(Calendar, {"pk__in": []}, {"name": "x"})
     assert write_together(ended, nothing) == 0
     assert write_together(nothing, Update(SyncRun, {"pk": -1}, {"error": "x"})) == 0
     assert write_together() == 0
 
-    # A failing update undoes the ones before it.
+    # A failing update undoes the writes before it, statements written by hand too.
     taken = Update(SyncLease, {"pk": lease.pk}, {"holder": "2:w:y"})
     too_long = Update(SyncRun, {"pk": run.pk}, {"state": "x" * 17})
     with pytest.raises(DataError), transaction.atomic():
-        write_together(taken, too_long)
+        write_together(taken, Statement(rename, ["lost", calendar.pk]), too_long)
     assert SyncLease.objects.get(pk=lease.pk).holder == ""
-
-
-def test_statements_written_by_hand_go_in_the_same_round_trip_and_transaction(account):
-    calendar = make_calendar(account, name="kept")
-    run = SyncRun.objects.create(account=account, trigger="api", state="running")
-    table = connection.ops.quote_name(Calendar._meta.db_table)
-    rename = Statement(f"UPDATE {table} SET name = %s WHERE id = %s", ["renamed", calendar.pk])
-    ended = Update(SyncRun, {"pk": run.pk}, {"state": "succeeded"})
-
-    with CaptureQueriesContext(connection) as queries:
-        assert write_together(rename, ended) == 1
-    assert len(queries) == (1 if connection.vendor == "postgresql" else 2)
-    assert Calendar.objects.get(pk=calendar.pk).name == "renamed"
-
-    # An update failing after it undoes the statement too.
-    again = Statement(f"UPDATE {table} SET name = %s WHERE id = %s", ["lost", calendar.pk])
-    too_long = Update(SyncRun, {"pk": run.pk}, {"state": "x" * 17})
-    with pytest.raises(DataError), transaction.atomic():
-        write_together(again, too_long)
     assert Calendar.objects.get(pk=calendar.pk).name == "renamed"
 
 
