@@ -10,12 +10,17 @@ has published to for a while deletes itself (x-expires).
 from __future__ import annotations
 
 import math
-import random
 
 from django.conf import settings
 from kombu import Exchange, Queue
 
+from caly.celery import app
 from caly.queues import durable_queue
+from sync.backoff import backoff
+
+# The task a run's message calls, by its registered name (sync/tasks.py): publishing needs
+# only the name, so this module does not import the tasks, which import the services.
+RUN_SYNC = "sync.run_sync"
 
 # A delay queue outlives its last message by this long, then RabbitMQ deletes it.
 DELAY_QUEUE_IDLE_SECONDS = 60
@@ -47,28 +52,28 @@ def delay_queue(seconds: int) -> Queue:
 
 
 def backoff_seconds(*, attempt: int, retry_after: float | None = None) -> int:
-    """How long to wait after the `attempt`-th try failed: exponential backoff, full jitter.
+    """How long to wait after the `attempt`-th try (from 1) failed (`sync.backoff.backoff`).
 
     A server's Retry-After is a floor. Whole seconds, so retries share a few delay queues.
     """
-    ceiling = min(
-        settings.CALY_RETRY_MAX_SECONDS, settings.CALY_RETRY_BASE_SECONDS * 2 ** (attempt - 1)
+    delay = backoff(
+        attempt=attempt - 1,
+        base=settings.CALY_RETRY_BASE_SECONDS,
+        cap=settings.CALY_RETRY_MAX_SECONDS,
+        retry_after=retry_after,
     )
-    delay = random.uniform(0, ceiling)
-    if retry_after:
-        delay = max(delay, retry_after)
     return max(1, math.ceil(delay))
 
 
 def publish_run(*, run_id: int, task_id: str, delay: int = 0) -> None:
     """Publish a run's id to the sync queue (or to a delay queue in front of it), confirmed.
 
-    Raises kombu/socket errors if RabbitMQ could not take it after the publish retries.
+    Raises kombu/socket errors if RabbitMQ could not take it after the publish retries
+    (publisher confirms and the retry policy are the app's settings, CELERY_TASK_PUBLISH_*).
     """
-    from sync.tasks import run_sync
-
     queue = delay_queue(delay) if delay > 0 else sync_queue()
-    run_sync.apply_async(
+    app.send_task(
+        RUN_SYNC,
         args=[run_id],
         task_id=task_id,
         queue=queue,

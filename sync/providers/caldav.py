@@ -28,6 +28,7 @@ from django.conf import settings
 from lxml import etree
 
 from sync import http
+from sync.backoff import retry_after_seconds
 from sync.engine import empty_listing_confirmed, listing_diff, normalize_href
 from sync.ical import MalformedObject, parse_object
 from sync.providers.base import (
@@ -342,11 +343,11 @@ class CalDAVProvider(Provider):
             response.close()
             raise AuthError(AUTH_REFUSED)
         if status in (429, 503) or (status >= 500 and status != 507):
-            retry_after = response.headers.get("Retry-After", "")
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             response.close()
             raise TransientError(
                 f"The CalDAV server at {self._host()} answered HTTP {status}.",
-                retry_after=float(retry_after) if retry_after.isdigit() else None,
+                retry_after=retry_after,
             )
         return response
 

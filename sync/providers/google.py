@@ -16,12 +16,10 @@ import functools
 import hashlib
 import json
 import logging
-import random
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
-from email.utils import parsedate_to_datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import google.auth.exceptions
@@ -37,6 +35,7 @@ from googleapiclient.errors import HttpError
 from googleapiclient.model import JsonModel
 
 from sync import http
+from sync.backoff import backoff, retry_after_seconds
 from sync.budget import BudgetExhausted, budget_spend
 from sync.ical import as_instant, recurrence_key
 from sync.providers.base import (
@@ -65,6 +64,7 @@ SCOPE_REASONS = {"insufficientPermissions", "ACCESS_TOKEN_SCOPE_INSUFFICIENT"}
 # listing need not start over. Longer waits go back to the queue as a TransientError.
 INLINE_RETRIES = 2
 INLINE_BACKOFF_SECONDS = 1.0
+RETRY_AFTER_SPREAD = 0.25  # requests told the same Retry-After do not all return at once
 RECONNECT = "Reconnect the Google account in Caly."
 
 UTC = dt.UTC
@@ -388,7 +388,12 @@ class GoogleProvider(Provider):
                     ) from None
             if not isinstance(failure, TransientError):
                 raise failure
-            wait = _backoff(attempt=attempt, retry_after=failure.retry_after)
+            wait = backoff(
+                attempt=attempt,
+                base=INLINE_BACKOFF_SECONDS,
+                retry_after=failure.retry_after,
+                spread=RETRY_AFTER_SPREAD,
+            )
             if attempt == INLINE_RETRIES or wait > settings.CALY_GOOGLE_MAX_WAIT_SECONDS:
                 raise failure
             logger.info("%s; retrying in %.1f s", failure, wait)
@@ -599,27 +604,11 @@ def _error_reason(exc: HttpError) -> str:
     return str(error.get("status") or "")
 
 
-def _retry_after(value) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - dt.datetime.now(UTC)).total_seconds())
-
-
 def _failure(exc: HttpError, *, what: str) -> ProviderError:
     """An HTTP error from the Calendar API as one of Caly's error kinds (never with the URL)."""
     status = exc.resp.status
     reason = _error_reason(exc)
-    retry_after = _retry_after(exc.resp.get("retry-after"))
+    retry_after = retry_after_seconds(exc.resp.get("retry-after"))
     label = f"HTTP {status}" + (f" {reason}" if reason else "")
     if status == 410 and reason in ("fullSyncRequired", "updatedMinTooLongAgo", "ABORTED", ""):
         return SyncTokenExpired(f"Google asked for a full sync of {what} ({label}).")
@@ -661,14 +650,6 @@ def _refresh_failure(exc: google.auth.exceptions.RefreshError) -> ProviderError:
     if getattr(exc, "retryable", False):
         return TransientError("Google's token endpoint is unavailable.")
     return ProviderError(f"Google refused to renew the access token ({error or 'unknown error'}).")
-
-
-def _backoff(*, attempt: int, retry_after: float | None) -> float:
-    """Exponential backoff with full jitter; a server's Retry-After is the floor."""
-    wait = random.uniform(0, INLINE_BACKOFF_SECONDS * 2**attempt)
-    if retry_after is not None:
-        wait = max(wait, retry_after + random.uniform(0, 0.25))
-    return wait
 
 
 # --- Google event → RemoteEvent ---------------------------------------------------------------

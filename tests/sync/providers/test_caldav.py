@@ -498,3 +498,38 @@ def test_a_calendar_left_out_of_one_listing_keeps_its_events_and_their_ids(
         assert {key: event.pk for key, event in rows(calendar).items()} == ids
     finally:
         server.delete_calendar(other)
+
+
+@pytest.mark.parametrize("header", ["120", "http-date"])
+def test_a_busy_server_is_asked_again_when_its_retry_after_says(header):
+    """503 with Retry-After in either form RFC 9110 allows: seconds, or an HTTP date."""
+    import threading
+    from email.utils import format_datetime
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from sync.providers.base import TransientError
+    from sync.providers.caldav import CalDAVProvider
+
+    if header == "http-date":
+        header = format_datetime(dt.datetime.now(UTC) + dt.timedelta(seconds=120), usegmt=True)
+
+    class Busy(BaseHTTPRequestHandler):
+        def do_PROPFIND(self):
+            self.send_response(503)
+            self.send_header("Retry-After", header)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):  # quiet
+            pass
+
+    busy = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=busy.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{busy.server_port}/dav/"
+    try:
+        with pytest.raises(TransientError, match="HTTP 503") as caught:
+            CalDAVProvider(url=url)._send("PROPFIND", url, "", depth="0")
+    finally:
+        busy.shutdown()
+        busy.server_close()
+    assert caught.value.retry_after == pytest.approx(120, abs=2)
