@@ -3,13 +3,12 @@
 import json
 
 from celery import states
-from django.db import connections, models, router
+from django.db import models
 from django.utils import timezone
 from django_celery_results.managers import TaskResultManager
 from django_celery_results.models import TaskResult
 
 from calendars.models import Account
-from caly.rows import upsert_sql
 from caly.scrub import scrub
 
 
@@ -86,6 +85,10 @@ class SyncLease(models.Model):
         Account, on_delete=models.CASCADE, primary_key=True, related_name="sync_lease"
     )
     holder = models.CharField(max_length=100, blank=True)
+    # The run the holder is syncing (empty while the lease is free).
+    run = models.ForeignKey(
+        SyncRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     expires_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self):
@@ -129,11 +132,9 @@ class TaskHistoryManager(TaskResultManager):
         using=None,
         **kwargs,
     ):
-        now = timezone.now()
         if status in states.EXCEPTION_STATES and isinstance(result, str):
             result = _scrub_json(result)
         values = {
-            "task_id": task_id,
             "status": status,
             "result": result,
             "traceback": scrub(traceback) if traceback else traceback,
@@ -145,25 +146,17 @@ class TaskHistoryManager(TaskResultManager):
             "task_args": task_args,
             "task_kwargs": task_kwargs,
             "worker": worker,
-            "date_done": now,
         }
         if "date_started" in kwargs:  # a STARTED state
-            values["date_started"] = now
-        alias = using or router.db_for_write(self.model)
-        connection = connections[alias]
-        inserted = {**values, "date_created": now}
-        options = self.model._meta
-        params = [options.get_field(n).get_db_prep_save(v, connection) for n, v in inserted.items()]
-        with connection.cursor() as cursor:
-            # A known task_id gets everything but date_created (and itself) updated.
-            sql = upsert_sql(
-                self.model,
-                tuple(inserted),
-                conflict=("task_id",),
-                update=tuple(n for n in values if n != "task_id"),
-                alias=alias,
-            )
-            cursor.execute(sql, params)
+            values["date_started"] = timezone.now()
+        # date_created and date_done are set by their fields (auto_now_add, auto_now); a known
+        # task_id keeps its date_created and gets everything else updated.
+        self.using(using).bulk_create(
+            [self.model(task_id=task_id, **values)],
+            update_conflicts=True,
+            unique_fields=["task_id"],
+            update_fields=[*values, "date_done"],
+        )
 
 
 def _scrub_json(text: str) -> str:

@@ -20,7 +20,6 @@ from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from calendars.models import Account, Event
-from caly.rows import read_values
 from sync.models import SyncRun
 
 
@@ -118,8 +117,8 @@ class StoredEtags(Mapping):
 
     def _read(self) -> dict[str, str]:
         if self._etags is None:
-            where = {"calendar_id": self.calendar_id}
-            self._etags = dict(read_values(Event, where, ("href", "etag"), distinct=True))
+            etags = Event.objects.filter(calendar_id=self.calendar_id).values_list("href", "etag")
+            self._etags = dict(etags.order_by().distinct())
         return self._etags
 
     def __getitem__(self, href: str) -> str:

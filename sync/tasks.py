@@ -18,11 +18,11 @@ def run_sync(run_id: int) -> dict:
         worker=run_sync.request.hostname or "",
         received_at=lifecycle.taken_at(task_id) or timezone.now(),
     )
-    if result.get("handed_back"):
+    if result.handed_back:
         # The worker is stopping: back into the queue where it was (classic queues), for
         # another worker to finish.
         raise Reject("worker shutting down", requeue=True)
-    return result
+    return result.summary()
 
 
 @shared_task(name="sync.reap_stale_runs", ignore_result=True)

@@ -123,7 +123,7 @@ def test_reaper_requeues_fails_and_republishes_what_was_left_behind(lab, user):
             published_at=minute_ago,
         )
         SyncLease.objects.create(
-            account=account, holder=f"{run.pk}:gone@host:x", expires_at=lease_expires
+            account=account, holder=f"{run.pk}:gone@host:x", run=run, expires_at=lease_expires
         )
         return run
 
@@ -158,6 +158,7 @@ def test_reaper_is_on_beats_schedule(db):
     DatabaseScheduler(app=app)  # what `celery beat` does at start: the schedule goes to the DB
     entry = PeriodicTask.objects.get(name="sync.reap_stale_runs")
     assert entry.task == "sync.reap_stale_runs" and entry.enabled
+    app.loader.import_default_modules()  # what a worker does at start: its tasks register
     assert "sync.reap_stale_runs" in app.tasks
 
 

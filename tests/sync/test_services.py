@@ -47,13 +47,13 @@ def test_an_object_too_big_for_its_columns_is_skipped_and_named_the_rest_stored(
     ]
 
 
-def test_a_batch_bigger_than_a_statement_is_still_one_query_and_one_transaction():
+def test_a_batch_is_stored_in_one_transaction_its_events_keeping_their_ids():
     calendar = make_calendar(make_account(make_user()))
     objects = [remote(f"u{i}", f"/cal/{i}.ics") for i in range(1200)]
     services.events_apply(calendar=calendar, batch=ChangeBatch(objects=objects))
     kept = Event.objects.get(calendar=calendar, uid="u1199").pk
 
-    # 1,100 deleted, 1 changed, 500 added: three DELETEs and two INSERTs, sent together.
+    # 1,100 deleted, 1 changed, 500 added.
     moved = RemoteEvent(uid="u1199", summary="Moved")
     changed = RemoteObject(href="/cal/1199.ics", etag='"2"', events=(moved,), raw="Moved")
     added = [remote(f"u{i}", f"/cal/{i}.ics") for i in range(1200, 1700)]
@@ -67,9 +67,14 @@ def test_a_batch_bigger_than_a_statement_is_still_one_query_and_one_transaction(
     assert Event.objects.filter(calendar=calendar).count() == 600
     event = Event.objects.get(calendar=calendar, uid="u1199")
     assert (event.pk, event.etag, event.summary) == (kept, '"2"', "Moved")
-    writes = [q["sql"] for q in queries.captured_queries if "INSERT INTO" in q["sql"]]
-    assert len(writes) == 1
-    assert (writes[0].count("DELETE FROM"), writes[0].count("INSERT INTO")) == (3, 2)
+    sql = [q["sql"] for q in queries.captured_queries]
+    writes = [i for i, q in enumerate(sql) if q.startswith(("DELETE", "INSERT", "UPDATE"))]
+    # The deletions and the 501 events (500 rows an INSERT) between one SAVEPOINT and its
+    # release: all of the batch is stored, or none of it.
+    assert sum(sql[i].startswith("DELETE") for i in writes) >= 1
+    assert sum(sql[i].startswith("INSERT") for i in writes) == 2
+    savepoints = [i for i, q in enumerate(sql) if q.startswith(("SAVEPOINT", "RELEASE"))]
+    assert savepoints[0] < writes[0] and writes[-1] < savepoints[-1]
 
 
 def test_new_credentials_reactivate_an_account_that_needed_them_but_not_a_disabled_one():
@@ -90,28 +95,30 @@ def test_a_first_sync_reads_no_stored_events_before_its_first_batch_a_no_change_
 ):
     account = fake_account(settings, "k1", events=4, batches=2)
 
-    def sync() -> tuple[dict, list[str]]:
+    def sync() -> tuple[services.RunResult, list[str]]:
         run = services.sync_request_account(account=account, trigger="api", publish=False)
         with CaptureQueriesContext(connection) as queries:
             result = services.sync_run_execute(run_id=run.pk)
-        return result, [q["sql"] for q in queries.captured_queries]
+        # Savepoints are the test's own transaction; a worker's are BEGIN and COMMIT.
+        sql = [q["sql"] for q in queries.captured_queries]
+        return result, [q for q in sql if not q.startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))]
 
     first, first_sql = sync()
-    assert (first["state"], first["created"]) == ("succeeded", 4)
+    assert (first.state, first.counts["created"]) == ("succeeded", 4)
     assert Event.objects.filter(calendar__account=account).count() == 4
     # The calendar is new: the stored etags are not read, nor the stored events for the first
     # batch; the second batch is compared with what the first stored.
     assert sum('FROM "calendars_event"' in sql for sql in first_sql) == 1
-    # Each batch is stored in one query; the last one moves the calendar's cursor with it.
-    stores = [sql for sql in first_sql if 'INSERT INTO "calendars_event"' in sql]
+    # Each batch is stored in one INSERT; the last one moves the calendar's cursor after it.
+    stores = [i for i, sql in enumerate(first_sql) if 'INSERT INTO "calendars_event"' in sql]
     assert len(stores) == 2
-    assert 'UPDATE "calendars_calendar"' in stores[1]
-    assert 'UPDATE "calendars_calendar"' not in stores[0]
+    cursor = [i for i, sql in enumerate(first_sql) if 'UPDATE "calendars_calendar"' in sql]
+    assert stores[0] < stores[1] < cursor[0]
 
     again, again_sql = sync()
-    assert (again["state"], again["created"], again["updated"]) == ("succeeded", 0, 0)
+    assert (again.state, again.counts["created"], again.counts["updated"]) == ("succeeded", 0, 0)
     # An unchanged CTag: the stored etags are not read.
-    assert len(again_sql) == 9, "\n".join(again_sql)
+    assert len(again_sql) == 11, "\n".join(again_sql)
     assert not any('"calendars_event"' in sql for sql in again_sql)
 
 
@@ -120,7 +127,7 @@ def test_the_message_of_a_run_deleted_before_its_first_sync_is_dropped(settings)
     run = services.sync_request_account(account=account, trigger="api", publish=False)
     SyncRun.objects.filter(pk=run.pk).delete()
 
-    assert services.sync_run_execute(run_id=run.pk)["state"] == "missing"
+    assert services.sync_run_execute(run_id=run.pk).state == "missing"
     assert not SyncLease.objects.filter(account=account).exists()
     assert not Event.objects.filter(calendar__account=account).exists()
 
@@ -160,7 +167,7 @@ def test_a_request_for_every_account_is_all_or_nothing_when_the_broker_fails_par
             raise OperationalError("connection refused")
         published.append(run_id)
 
-    monkeypatch.setattr(services.retry, "publish_run", publish_run)
+    monkeypatch.setattr("sync.retry.publish_run", publish_run)
     with pytest.raises(services.BrokerUnavailable, match="nothing was queued"):
         services.sync_request(user=user, trigger="api")
 

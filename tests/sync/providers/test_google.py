@@ -53,9 +53,9 @@ def sync(account: Account) -> dict:
     totals = {"created": 0, "updated": 0, "deleted": 0, "batches": 0}
     try:
         remote = provider.discover()
-        calendars = services.calendars_reconcile(account=account, remote=remote)
+        listed = services.calendars_reconcile(account=account, remote=remote)
         by_id = {r.remote_id: r for r in remote}
-        for calendar in calendars:
+        for calendar in (each.calendar for each in listed):
             calendar.refresh_from_db()
             known = selectors.StoredEtags(calendar.pk)  # as the worker passes them: read lazily
             cursor = Cursor(sync_token=calendar.sync_token)

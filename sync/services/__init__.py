@@ -1,0 +1,37 @@
+"""The sync service, one module a job: `accounts` (connecting them), `requests` (queueing and
+publishing syncs, the periodic resync), `runs` (running one sync), `store` (storing what a sync
+brought) and `reaper` (what dead workers and broker outages left behind).
+
+The names below are the service's API for views, tasks and commands.
+"""
+
+from sync.services.accounts import account_connect, account_update, calendars_reconcile
+from sync.services.reaper import sync_runs_reap
+from sync.services.requests import (
+    AccountNotSyncable,
+    BrokerUnavailable,
+    resync_batch_size,
+    sync_publish,
+    sync_request,
+    sync_request_account,
+    sync_request_stale,
+)
+from sync.services.runs import RunResult, sync_run_execute
+from sync.services.store import events_apply
+
+__all__ = [
+    "AccountNotSyncable",
+    "BrokerUnavailable",
+    "RunResult",
+    "account_connect",
+    "account_update",
+    "calendars_reconcile",
+    "events_apply",
+    "resync_batch_size",
+    "sync_publish",
+    "sync_request",
+    "sync_request_account",
+    "sync_request_stale",
+    "sync_run_execute",
+    "sync_runs_reap",
+]

@@ -1,0 +1,135 @@
+"""Connecting accounts and keeping their stored calendar lists in step with their servers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import transaction
+from django.utils import timezone
+
+from calendars.models import Account, Calendar
+from sync.engine import normalize_href
+from sync.providers import provider_class
+from sync.providers.base import ProviderError, RemoteCalendar
+
+logger = logging.getLogger(__name__)
+
+
+def account_connect(
+    *,
+    owner,
+    provider: str,
+    name: str,
+    url: str = "",
+    username: str = "",
+    credentials: dict,
+) -> Account:
+    """Check the account against its server, then store it with its calendars.
+
+    Raises ProviderError subclasses (ConnectError, AuthError) before anything is written.
+    """
+    client = provider_class(provider)(url=url, username=username, credentials=credentials)
+    try:
+        remote = client.discover()
+    finally:
+        client.close()
+    with transaction.atomic():
+        account = Account.objects.create(
+            owner=owner,
+            provider=provider,
+            name=name,
+            url=url,
+            # Discovery may learn who the account is (Google: the address of its calendars).
+            username=client.username or username,
+            credentials=credentials,
+            home_url=client.home_url,
+        )
+        calendars_reconcile(account=account, remote=remote)
+    return account
+
+
+@transaction.atomic
+def account_update(*, account: Account, credentials: dict | None = None, **fields) -> Account:
+    """Change an account; new credentials make an account that needed them active again.
+
+    An account an administrator disabled stays disabled.
+    """
+    for name, value in fields.items():
+        setattr(account, name, value)
+    if credentials:
+        try:
+            current = account.credentials
+        except ImproperlyConfigured:  # unreadable with today's keys: the new ones replace them
+            current = {}
+        account.credentials = {**current, **credentials}
+        if account.status == Account.Status.NEEDS_REAUTH:
+            account.status = Account.Status.ACTIVE
+        account.last_error = ""
+    account.save()
+    return account
+
+
+@dataclass(frozen=True)
+class ListedCalendar:
+    """A stored calendar the server listed, and whether this listing added it (no events yet)."""
+
+    calendar: Calendar
+    added: bool
+
+
+def calendars_reconcile(
+    *, account: Account, remote: Iterable[RemoteCalendar]
+) -> list[ListedCalendar]:
+    """Make the stored calendar list match the server's: add, rename, remove.
+
+    Returns the calendars the server listed. A calendar the server leaves out is kept, events
+    and all, the first time (`missing_since`): a listing that drops one calendar may be the
+    server's hiccup, and deleting it would lose its events' ids. The next listing without it
+    deletes it; one with it keeps it.
+    """
+    remote = list(remote)
+    existing = {
+        normalize_href(c.remote_id): c
+        for c in Calendar.objects.filter(account=account).order_by("pk")
+    }
+    if not remote and existing:
+        raise ProviderError(
+            "The server listed no calendars at all; keeping the stored ones. "
+            "If they were really removed, remove the account."
+        )
+    seen = set()
+    result = []
+    for item in remote:
+        key = normalize_href(item.remote_id)
+        seen.add(key)
+        shown = {"name": item.name[:500], "color": item.color[:32], "timezone": item.timezone[:100]}
+        calendar = existing.get(key)
+        if calendar is None:
+            calendar = Calendar.objects.create(account=account, remote_id=item.remote_id, **shown)
+            result.append(ListedCalendar(calendar, added=True))
+            continue
+        changed = {n: v for n, v in shown.items() if getattr(calendar, n) != v}
+        if calendar.missing_since is not None:
+            changed["missing_since"] = None
+        if changed:
+            for name, value in changed.items():
+                setattr(calendar, name, value)
+            calendar.save(update_fields=list(changed))
+        result.append(ListedCalendar(calendar, added=False))
+    missing = [c for key, c in existing.items() if key not in seen]
+    gone = [c.pk for c in missing if c.missing_since is not None]
+    if gone:
+        Calendar.objects.filter(pk__in=gone).delete()
+    newly_missing = [c.pk for c in missing if c.missing_since is None]
+    if newly_missing:
+        Calendar.objects.filter(pk__in=newly_missing).update(missing_since=timezone.now())
+        logger.warning(
+            "account %s: calendars %s not listed by the server; deleted if the next sync does "
+            "not list them either",
+            account.pk,
+            newly_missing,
+        )
+    return result

@@ -1,0 +1,287 @@
+"""Running one sync: claim the run, sync every selected calendar of its account batch by batch,
+and record how it ended (called by the `sync.run_sync` task)."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db.models import F
+from django.utils import timezone
+
+from calendars.models import Account, Calendar
+from sync import lifecycle, retry, selectors, states
+from sync.engine import normalize_href
+from sync.leases import LeaseHeartbeat
+from sync.models import SyncRun
+from sync.providers import provider_for
+from sync.providers.base import (
+    AuthError,
+    ChangeBatch,
+    Cursor,
+    Provider,
+    ProviderError,
+    RemoteCalendar,
+    TransientError,
+)
+from sync.services.accounts import calendars_reconcile
+from sync.services.requests import BROKER_ERRORS, sync_publish_or_leave_to_reaper
+from sync.services.store import events_apply
+from sync.states import ClaimOutcome, Counts, Ending
+
+logger = logging.getLogger(__name__)
+
+MAX_SKIPPED_RECORDED = 100
+
+
+class Interruption(enum.Enum):
+    """Why a run stopped without an ending of its own."""
+
+    RETRY = "retry"  # queued again behind a backoff delay
+    HAND_BACK = "hand_back"  # the worker is shutting down: its message goes back to the queue
+    LOST = "lost"  # another worker took the account's lease over and goes on with the run
+
+
+@dataclass
+class RunResult:
+    """What a delivery of a run's message came to: the task's result, as the admin shows it."""
+
+    run: int
+    state: str
+    counts: dict = field(default_factory=dict)
+    back_in: int | None = None  # published again to come back in that many seconds
+    deferred: bool = False  # waits for the account's current sync to hand it over
+    handed_back: bool = False  # the worker is stopping: requeue the message
+
+    def summary(self) -> dict:
+        summary = {"run": self.run, "state": self.state, **self.counts}
+        if self.back_in is not None:
+            summary["back_in"] = self.back_in
+        if self.deferred:
+            summary["deferred"] = True
+        if self.handed_back:
+            summary["handed_back"] = True
+        return summary
+
+
+class LeaseLost(ProviderError):
+    def __init__(self):
+        super().__init__("Another worker took over this account's sync; stopped to avoid a clash.")
+
+
+class HandBack(Exception):
+    """The worker is shutting down and its grace period is over: stop at this batch boundary."""
+
+
+class DeadlineExceeded(TransientError):
+    def __init__(self):
+        seconds = settings.CALY_SYNC_DEADLINE_SECONDS
+        limit = f"{seconds / 60:g} minutes" if seconds >= 120 else f"{seconds:g} s"
+        super().__init__(
+            f"The sync took longer than {limit}; it continues where it stopped.", retry_after=0
+        )
+
+
+def sync_run_execute(
+    *,
+    run_id: int,
+    task_id: str = "",
+    worker: str = "",
+    received_at=None,
+) -> RunResult:
+    """Run one queued sync: take the account's lease, sync every selected calendar, record it.
+
+    Safe to call twice for the same run (redelivery): a finished run is left alone, a run
+    another worker is syncing waits for it, and a run whose worker died is taken over. A
+    transient provider error puts the run back in the queue behind a broker-side delay.
+    """
+    claim = states.run_claim(run_id=run_id, task_id=task_id, worker=worker, received_at=received_at)
+    if claim.outcome is ClaimOutcome.LATER:
+        try:
+            retry.publish_run(
+                run_id=run_id, task_id=task_id or str(uuid.uuid4()), delay=claim.delay
+            )
+        except BROKER_ERRORS:
+            # The reaper resends unpublished queued runs, and runs whose worker died.
+            states.run_mark_unpublished(run_id=run_id)
+            logger.warning("sync run %s: could not publish its delayed message", run_id)
+        return RunResult(run_id, claim.run.state, back_in=claim.delay)
+    if claim.outcome is not ClaimOutcome.ACQUIRED:
+        state = claim.run.state if claim.run is not None else "missing"
+        return RunResult(run_id, state, deferred=claim.outcome is ClaimOutcome.DEFERRED)
+    run = claim.run
+    # A retried or continued run adds to what its earlier attempts did.
+    counts = Counts(created=run.created, updated=run.updated, deleted=run.deleted)
+    outcome: Interruption | Ending | None = None  # None: the sync itself raised
+    try:
+        with LeaseHeartbeat(account_id=run.account_id, token=claim.token) as heartbeat:
+            outcome = _execute(run, counts=counts, heartbeat=heartbeat)
+    finally:
+        ending = outcome if isinstance(outcome, Ending) else None
+        recorded, waiting = states.run_end(run=run, counts=counts, token=claim.token, ending=ending)
+    if waiting is not None:
+        sync_publish_or_leave_to_reaper(run=waiting)
+    if ending is not None:
+        if not recorded:  # the run (or its account) was deleted while it synced
+            return RunResult(run_id, "missing")
+        return RunResult(run.pk, ending.state, counts=counts.event_counts())
+    run = SyncRun.objects.filter(pk=run.pk).first()
+    if run is None:
+        return RunResult(run_id, "missing")
+    if outcome is Interruption.RETRY:
+        sync_publish_or_leave_to_reaper(run=run)
+    return RunResult(
+        run.pk,
+        run.state,
+        counts={"created": run.created, "updated": run.updated, "deleted": run.deleted},
+        handed_back=outcome is Interruption.HAND_BACK,
+    )
+
+
+def _execute(run: SyncRun, *, counts: Counts, heartbeat: LeaseHeartbeat) -> Interruption | Ending:
+    """Sync the run's account; returns how the run ends, or why it stopped without an end."""
+    deadline = time.monotonic() + settings.CALY_SYNC_DEADLINE_SECONDS
+    try:
+        _sync_account(run, counts=counts, heartbeat=heartbeat, deadline=deadline)
+    except HandBack:
+        states.run_hand_back(run=run, counts=counts)
+        return Interruption.HAND_BACK
+    except LeaseLost:
+        # Another worker holds the account's lease and is syncing this very run: leave the run
+        # to it rather than overwrite its state.
+        logger.warning("sync run %s: lease lost; leaving the run to its new holder", run.pk)
+        return Interruption.LOST
+    except TransientError as exc:
+        return _retry_or_fail(run, counts, exc)
+    except AuthError as exc:
+        account = {"status": Account.Status.NEEDS_REAUTH, "last_error": str(exc)}
+        return Ending(SyncRun.State.FAILED, error=str(exc), account=account)
+    except ProviderError as exc:
+        return Ending(SyncRun.State.FAILED, error=str(exc), account={"last_error": str(exc)})
+    except Exception as exc:
+        logger.exception("sync run %s failed", run.pk)
+        error = f"Internal error while syncing ({type(exc).__name__}); the team has the details."
+        return Ending(SyncRun.State.FAILED, error=error, account={"last_error": error})
+    account = {"last_synced_at": timezone.now(), "last_error": ""}
+    return Ending(SyncRun.State.SUCCEEDED, account=account)
+
+
+def _checkpoint(*, heartbeat: LeaseHeartbeat, deadline: float) -> None:
+    """Between batches (nothing half-written): stop if the lease, the time or the worker is up."""
+    if heartbeat.lost:
+        raise LeaseLost()
+    if lifecycle.should_hand_back():
+        raise HandBack()
+    if time.monotonic() > deadline:
+        raise DeadlineExceeded()
+
+
+def _retry_or_fail(run: SyncRun, counts: Counts, exc: TransientError) -> Interruption | Ending:
+    """Queue the run again behind a backoff delay, or fail it once its attempts are used up.
+
+    Only one run of an account may be queued: if a follow-up was queued meanwhile, this run
+    ends and the follow-up inherits the wait.
+    """
+    max_attempts = settings.CALY_SYNC_MAX_ATTEMPTS
+    attempts = SyncRun.objects.values_list("attempts", flat=True).get(pk=run.pk)
+    # A sync that ran out of time made progress; continuing it is not a failed attempt.
+    continuation = isinstance(exc, DeadlineExceeded)
+    if attempts >= max_attempts and not continuation:
+        error = f"{exc} Gave up after {attempts} attempts."
+    elif exc.retry_after and exc.retry_after > settings.CALY_RETRY_MAX_SECONDS:
+        error = f"{exc} The server asked to wait {exc.retry_after:.0f} s; not retrying."
+    else:
+        delay = retry.backoff_seconds(attempt=attempts, retry_after=exc.retry_after)
+        note = f"{exc} Retrying in {delay} s (attempt {attempts} of {max_attempts} failed)."
+        queued = states.run_retry_later(
+            run=run, counts=counts, delay=delay, note=note, continuation=continuation
+        )
+        if queued is run:
+            logger.info("sync run %s: %s", run.pk, note)
+            return Interruption.RETRY
+        if queued is None:  # the follow-up started meanwhile; it syncs the account anyway
+            error = f"{exc} A newer sync of the account took over."
+        else:
+            error = f"{exc} Sync #{queued.pk} tries again in {delay} s."
+    return Ending(SyncRun.State.FAILED, error=error, account={"last_error": str(exc)})
+
+
+def _sync_account(
+    run: SyncRun, *, counts: Counts, heartbeat: LeaseHeartbeat, deadline: float
+) -> None:
+    account = run.account  # read with the run when it was claimed
+    provider = provider_for(account)
+    try:
+        remote = provider.discover()
+        if provider.home_url != account.home_url:
+            counts.account["home_url"] = provider.home_url
+        listed = calendars_reconcile(account=account, remote=remote)
+        by_id = {normalize_href(r.remote_id): r for r in remote}
+        selected = [each for each in listed if each.calendar.selected]
+        counts.calendars_total, counts.calendars_done = len(selected), 0
+        # Someone watching sees the sync past discovery ("0/1 calendars") while it lists events.
+        states.run_record_progress(run=run, **counts.calendar_counts())
+        for each in selected:
+            calendar = each.calendar
+            synced_at = calendar.last_synced_at
+            _sync_calendar(
+                run,
+                provider,
+                calendar,
+                by_id[normalize_href(calendar.remote_id)],
+                added=each.added,
+                counts=counts,
+                heartbeat=heartbeat,
+                deadline=deadline,
+            )
+            counts.calendars_done += 1
+            if calendar.last_synced_at == synced_at:  # its cursor did not move
+                counts.calendars_unchanged.append(calendar.pk)
+            if counts.calendars_done < counts.calendars_total:  # the last one ends the run
+                states.run_record_progress(run=run, calendars_done=counts.calendars_done)
+    finally:
+        provider.close()
+
+
+def _sync_calendar(
+    run: SyncRun,
+    provider: Provider,
+    calendar: Calendar,
+    remote: RemoteCalendar,
+    *,
+    added: bool,
+    counts: Counts,
+    heartbeat: LeaseHeartbeat,
+    deadline: float,
+) -> None:
+    # A calendar this sync added has no events to read until its first batch is stored.
+    nothing_stored = added
+    cursor = Cursor(sync_token=calendar.sync_token, ctag=calendar.ctag)
+    known = {} if nothing_stored else selectors.StoredEtags(calendar.pk)
+    for batch in provider.changes(remote, cursor=cursor, known=known):
+        _checkpoint(heartbeat=heartbeat, deadline=deadline)
+        plan = events_apply(calendar=calendar, batch=batch, nothing_stored=nothing_stored)
+        nothing_stored = nothing_stored and not (batch.objects or batch.deleted_hrefs)
+        counts.add(created=len(plan.create), updated=len(plan.update), deleted=len(plan.delete_ids))
+        counts.events_unrecorded += sum(len(o.events) for o in batch.objects)
+        counts.events_unrecorded += len(batch.deleted_hrefs)
+        last = batch.cursor is not None and counts.calendars_done + 1 == counts.calendars_total
+        if counts.events_unrecorded and not last:  # an empty batch has no progress to show
+            progress = {"events_processed": F("events_processed") + counts.events_unrecorded}
+            if counts.changed:
+                progress.update(counts.event_counts())
+            states.run_record_progress(run=run, **progress)
+            counts.events_unrecorded = 0
+        if batch.skipped:
+            _record_skipped(run, calendar, batch)
+
+
+def _record_skipped(run: SyncRun, calendar: Calendar, batch: ChangeBatch) -> None:
+    entries = [
+        {"calendar": calendar.name, "href": s.href, "reason": s.reason} for s in batch.skipped
+    ]
+    states.run_record_skipped(run=run, entries=entries, kept=MAX_SKIPPED_RECORDED)

@@ -1,0 +1,137 @@
+"""Storing what a sync brought: one batch of changes applied to a calendar's events."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.db.models import Q
+from django.db.models.functions import MD5
+from django.utils import timezone
+
+from calendars.models import Calendar, Event
+from sync.engine import EventWrite, Plan, StoredEvent, normalize_href, plan_changes
+from sync.providers.base import ChangeBatch, SkippedObject
+
+# The fields a sync writes; the rest (ids, created_at) are kept when a stored event changes.
+EVENT_FIELDS = (
+    "href",
+    "etag",
+    "summary",
+    "description",
+    "location",
+    "start",
+    "end",
+    "all_day",
+    "timezone",
+    "status",
+    "rrule",
+    "rdate",
+    "exdate",
+    "raw",
+    "remote_last_modified",
+    "updated_at",
+)
+EVENT_LIMITS = {
+    name: Event._meta.get_field(name).max_length
+    for name in ("href", "etag", "uid", "recurrence_id", "timezone", "status")
+}
+UPSERT_PAGE = 500  # rows per INSERT statement
+
+
+def events_apply(*, calendar: Calendar, batch: ChangeBatch, nothing_stored: bool = False) -> Plan:
+    """Store one batch of changes; the calendar's cursor moves only with the last batch.
+
+    Everything the batch writes (deletions, moved hrefs, the events, the cursor) is one
+    transaction. A batch with nothing in it and the cursor where it was (a sync that found no
+    change) costs no statement at all. `nothing_stored`: the calendar has no events yet (it was
+    added by this sync and this is its first batch), so there is nothing to compare with.
+    """
+    cursor = batch.cursor
+    if not (batch.objects or batch.deleted_hrefs) and (
+        cursor is None or (cursor.sync_token, cursor.ctag) == (calendar.sync_token, calendar.ctag)
+    ):
+        return Plan()
+    _skip_oversized(batch)
+    # Read outside the writing transaction: the account's lease keeps other syncs away.
+    stored = [] if nothing_stored else _events_stored(calendar, batch)
+    plan = plan_changes(stored=stored, objects=batch.objects, deleted_hrefs=batch.deleted_hrefs)
+    with transaction.atomic():
+        if plan.delete_ids:
+            Event.objects.filter(pk__in=plan.delete_ids).delete()
+        if plan.relocate:
+            moved = [
+                Event(pk=pk, href=normalize_href(w.href), etag=w.etag) for pk, w in plan.relocate
+            ]
+            Event.objects.bulk_update(moved, ["href", "etag"])
+        if plan.writes:
+            Event.objects.bulk_create(
+                [_event(calendar, w) for w in plan.writes],
+                batch_size=UPSERT_PAGE,
+                update_conflicts=True,
+                unique_fields=["calendar", "uid", "recurrence_id"],
+                update_fields=EVENT_FIELDS,
+            )
+        if cursor is not None:
+            calendar.sync_token, calendar.ctag = cursor.sync_token, cursor.ctag
+            calendar.last_synced_at = timezone.now()
+            calendar.save(update_fields=["sync_token", "ctag", "last_synced_at"])
+    return plan
+
+
+def _event(calendar: Calendar, write: EventWrite) -> Event:
+    event = write.event
+    return Event(
+        calendar=calendar,
+        uid=event.uid,
+        recurrence_id=event.recurrence_id,
+        href=normalize_href(write.href),
+        etag=write.etag,
+        summary=event.summary,
+        description=event.description,
+        location=event.location,
+        start=event.start,
+        end=event.end,
+        all_day=event.all_day,
+        timezone=event.timezone,
+        status=event.status,
+        rrule=event.rrule,
+        rdate=list(event.rdate),
+        exdate=list(event.exdate),
+        raw=write.raw,
+        remote_last_modified=event.last_modified,
+    )
+
+
+def _events_stored(calendar: Calendar, batch: ChangeBatch) -> list[StoredEvent]:
+    """The stored events a batch touches: by href (changed or deleted objects) or by UID."""
+    hrefs = {normalize_href(o.href) for o in batch.objects}
+    hrefs |= {normalize_href(h) for h in batch.deleted_hrefs}
+    uids = {e.uid for o in batch.objects for e in o.events}
+    return [
+        StoredEvent(*row)
+        for row in Event.objects.filter(calendar=calendar)
+        .filter(Q(href__in=hrefs) | Q(uid__in=uids))
+        .annotate(raw_digest=MD5("raw"))
+        .values_list("id", "uid", "recurrence_id", "href", "etag", "raw_digest")
+    ]
+
+
+def _skip_oversized(batch: ChangeBatch) -> None:
+    """An object with a value longer than its column is skipped and named, not fatal to the run."""
+    kept = []
+    for obj in batch.objects:
+        too_long = [
+            name
+            for name, value in (("href", obj.href), ("etag", obj.etag))
+            if len(value) > EVENT_LIMITS[name]
+        ] + [
+            name
+            for event in obj.events
+            for name in ("uid", "recurrence_id", "timezone", "status")
+            if len(getattr(event, name)) > EVENT_LIMITS[name]
+        ]
+        if too_long:
+            reason = f"{', '.join(sorted(set(too_long)))} too long to store"
+            batch.skipped.append(SkippedObject(href=obj.href[:300], reason=reason))
+        else:
+            kept.append(obj)
+    batch.objects = kept
