@@ -3,14 +3,17 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# What is installed: production requirements (`make up`), and with them the development ones
+# (tests, lint, benchmarks, demo); each is redone when a requirements file it reads changes.
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 export CALY_WORKER_PROCESSES ?= 2
 export CALY_WORKER_THREADS ?= 8
 # Where `make up` / `make demo` serve the web process (honcho numbers the others from here).
 PORT ?= 8000
 DEMO_RADICALE_PORT ?= 5232
 
-.PHONY: up demo test pytest lint format bench install migrate preflight clean browser \
+.PHONY: up demo test pytest lint format bench install install-dev migrate preflight clean browser \
 	rabbitmq-setup
 
 $(STAMP): requirements.txt
@@ -19,7 +22,16 @@ $(STAMP): requirements.txt
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
+# requirements-dev.txt starts with -r requirements.txt, so this brings production's up to date too.
+$(DEV_STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $(STAMP) $(DEV_STAMP)
+
 install: $(STAMP)
+
+install-dev: $(DEV_STAMP)
 
 # Development defaults; real deployments set these in the environment.
 up: export DJANGO_DEBUG ?= 1
@@ -34,9 +46,10 @@ up: install
 
 # Everything `make up` does, plus a local Radicale with sample calendars, a demo user and
 # account and a first sync (sync/management/commands/demo.py); it prints where to log in.
+# Radicale comes with the development requirements.
 demo: export DJANGO_DEBUG ?= 1
 demo: export CALY_ALLOW_PRIVATE_URLS ?= 1
-demo: install
+demo: install-dev
 	$(BIN)/python manage.py preflight
 	$(BIN)/python manage.py migrate --no-input
 	mkdir -p .demo
@@ -44,20 +57,23 @@ demo: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/honcho start --no-prefix -f .demo/Procfile -d . \
 	  -p $(PORT) -c web=1,worker=$(CALY_WORKER_PROCESSES),beat=1,demo=1
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: install
+format: install-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 # Every run gets its own database and its own queues on the shared servers.
-test: install lint pytest
+test: install-dev lint pytest
 
 # The suite without the lint step; `make pytest PYTEST_ARGS="tests/sync -x"` for a part of it.
+# tests/settings.py (the suite's settings, also those of the workers it starts) names the test
+# database after CALY_TEST_DATABASE.
 pytest: RUN_ID := $(shell date +%s)$(shell echo $$$$)
-pytest: install browser
+pytest: install-dev browser
+	DJANGO_SETTINGS_MODULE=tests.settings \
 	CALY_TEST_DATABASE=test_caly_$(RUN_ID) \
 	CALY_QUEUE_PREFIX=caly-test-$(RUN_ID) \
 	DATABASE_URL=$${DATABASE_URL:-postgres://root@127.0.0.1:5432/postgres} \
@@ -68,7 +84,7 @@ pytest: install browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Benchmarks (never part of `make test`): `make bench BENCH=queue` runs bench/bench_queue.py only.
-bench: install
+bench: install-dev
 	$(BIN)/python bench/run.py $(BENCH)
 
 # Headless Chromium and its driver (Debian packages) for the dashboard's browser test.
