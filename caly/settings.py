@@ -101,8 +101,6 @@ CALY_WORKER_DB_CONN_MAX_AGE = env.int("CALY_WORKER_DB_CONN_MAX_AGE", default=300
 # task unless this is set; it then does so only once per this many tasks of the process, and
 # the task_postrun hook in caly/celery.py closes connections by age or error as Django does.
 CELERY_DB_REUSE_MAX = env.int("CALY_WORKER_DB_REUSE_MAX", default=1000)
-# Concurrent test runs on one server each get their own test database.
-DATABASES["default"]["TEST"] = {"NAME": env.str("CALY_TEST_DATABASE", default=None)}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -232,8 +230,9 @@ CALY_RETRY_MAX_SECONDS = env.int("CALY_RETRY_MAX_SECONDS", default=15 * 60)
 CALY_SHUTDOWN_GRACE_SECONDS = env.float("CALY_SHUTDOWN_GRACE_SECONDS", default=20.0)
 # How often the reaper looks for runs lost to a dead worker or a broker outage.
 CALY_REAPER_SECONDS = env.int("CALY_REAPER_SECONDS", default=60)
-# Extra providers, "name=module:Class,..." (the test suite and benchmarks register a fake).
-CALY_EXTRA_PROVIDERS = env.dict("CALY_EXTRA_PROVIDERS", default={})
+# Providers beyond the built-in ones (sync.providers), name -> "module:Class"; set in a settings
+# module, never from the environment (tests/settings.py adds the test suite's fake).
+CALY_EXTRA_PROVIDERS: dict[str, str] = {}
 CALY_SYNC_BATCH_SIZE = env.int("CALY_SYNC_BATCH_SIZE", default=500)
 CALY_GOOGLE_CLIENT_ID = env.str("CALY_GOOGLE_CLIENT_ID", default="")
 CALY_GOOGLE_CLIENT_SECRET = env.str("CALY_GOOGLE_CLIENT_SECRET", default="")

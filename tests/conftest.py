@@ -13,6 +13,10 @@ from tests.support.workers import start_worker
 
 
 def pytest_configure(config):
+    if settings.SETTINGS_MODULE != "tests.settings":
+        raise pytest.UsageError(
+            f"Tests run with DJANGO_SETTINGS_MODULE=tests.settings, not {settings.SETTINGS_MODULE}."
+        )
     if settings.CALY_QUEUE_PREFIX == "caly":
         raise pytest.UsageError(
             "Tests need their own queues: run them with `make test` (it sets CALY_QUEUE_PREFIX)."

@@ -12,8 +12,8 @@ from sync.providers.base import Provider
 if TYPE_CHECKING:
     from calendars.models import Account
 
-# provider name -> "module:Class"; imported on first use so one vendor's library cannot break
-# another vendor's syncs.
+# The built-in providers, name -> "module:Class"; imported on first use so one vendor's library
+# cannot break another vendor's syncs.
 REGISTRY: dict[str, str] = {
     "caldav": "sync.providers.caldav:CalDAVProvider",
     "google": "sync.providers.google:GoogleProvider",
@@ -21,7 +21,7 @@ REGISTRY: dict[str, str] = {
 
 
 def provider_class(name: str) -> type[Provider]:
-    # Deployments (and the test suite's fake) may add providers: CALY_EXTRA_PROVIDERS.
+    # Then those a settings module adds the same way (tests/settings.py: the fake provider).
     path = REGISTRY.get(name) or settings.CALY_EXTRA_PROVIDERS[name]
     module, _, cls = path.partition(":")
     return getattr(import_module(module), cls)

@@ -1,7 +1,7 @@
 """A calendar provider with a controlled duration, for queue tests and benchmarks.
 
-Registered only where CALY_EXTRA_PROVIDERS names it (`fake=tests.support.fake_provider:FakeProvider`);
-accounts use provider "fake" and describe their behaviour in the URL query:
+Registered as provider "fake" by the test settings (CALY_EXTRA_PROVIDERS in tests/settings.py), for
+the suite and the workers it starts; accounts describe their behaviour in the URL query:
 
     http://fake.invalid/<key>?delay=0.05&batches=2&events=3&transient=1&retry_after=2
 
@@ -37,7 +37,6 @@ from sync.providers.base import (
 )
 
 LOG_ENV = "CALY_FAKE_PROVIDER_LOG"
-REGISTRATION = "fake=tests.support.fake_provider:FakeProvider"
 
 
 def fake_url(key: str, **params) -> str:

@@ -18,7 +18,7 @@ from django.db import connection
 
 from calendars.models import Account
 from sync.models import SyncRun
-from tests.support.fake_provider import LOG_ENV, REGISTRATION, fake_url, read_log
+from tests.support.fake_provider import LOG_ENV, fake_url, read_log
 from tests.support.polling import wait_for
 from tests.support.workers import Worker, start_worker
 
@@ -42,7 +42,6 @@ class QueueLab:
     def env(self, **extra) -> dict:
         return {
             "CALY_QUEUE_PREFIX": self.prefix,
-            "CALY_EXTRA_PROVIDERS": REGISTRATION,
             LOG_ENV: str(self.log_path),
             **self.worker_env,
             **{k: str(v) for k, v in extra.items()},

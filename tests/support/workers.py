@@ -16,6 +16,9 @@ from django.db import connection
 from tests.support.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+# What workers run with, as the tests do (their fake provider, their database): also when a
+# benchmark starts them.
+SETTINGS_MODULE = "tests.settings"
 
 
 def database_url() -> str:
@@ -103,7 +106,12 @@ def start_worker(
     process = subprocess.Popen(
         cmd,
         cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url(), **(env or {})},
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE,
+            "DATABASE_URL": database_url(),
+            **(env or {}),
+        },
         stdout=open(log_path, "w"),  # noqa: SIM115
         stderr=subprocess.STDOUT,
     )

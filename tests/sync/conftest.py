@@ -6,20 +6,18 @@ import uuid
 
 import pytest
 
-from tests.support.fake_provider import REGISTRATION
 from tests.support.queue_lab import QueueLab
 
 
 @pytest.fixture
 def lab(settings, tmp_path):
     """Queues no other worker of this test run consumes; workers started with `lab.start_worker`
-    see the same settings as the test (fake provider, lease length, retry policy)."""
+    see the same settings as the test (tests/settings.py, with its fake provider; what the test
+    sets with `lab.configure`, such as the lease length or the retry policy)."""
     prefix = f"{settings.CALY_QUEUE_PREFIX}.{uuid.uuid4().hex[:6]}"
     settings.CALY_QUEUE_PREFIX = prefix
     settings.CALY_SYNC_QUEUE = f"{prefix}.sync"
     settings.CALY_MAINTENANCE_QUEUE = f"{prefix}.maintenance"
-    name, _, path = REGISTRATION.partition("=")
-    settings.CALY_EXTRA_PROVIDERS = {name: path}
     lab = QueueLab(prefix=prefix, log_path=tmp_path / "provider.log", settings=settings)
     yield lab
     lab.stop()

@@ -17,15 +17,13 @@ from sync.models import SyncLease, SyncRun
 from sync.providers.base import ChangeBatch, RemoteEvent, RemoteObject
 from sync.tasks import run_sync
 from tests.factories import make_account, make_calendar, make_user
-from tests.support.fake_provider import REGISTRATION, fake_url
+from tests.support.fake_provider import fake_url
 
 pytestmark = pytest.mark.django_db
 
 
 def fake_account(settings, key: str, **behaviour) -> Account:
     """An account of the queue tests' fake provider (tests/support/fake_provider.py)."""
-    name, _, path = REGISTRATION.partition("=")
-    settings.CALY_EXTRA_PROVIDERS = {name: path}
     return Account.objects.create(
         owner=make_user(), provider="fake", name="Fake", url=fake_url(key, **behaviour)
     )
