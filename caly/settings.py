@@ -228,8 +228,6 @@ CALY_RETRY_MAX_SECONDS = env.int("CALY_RETRY_MAX_SECONDS", default=15 * 60)
 # On SIGTERM a worker lets its running syncs finish for this long, then hands the rest back to
 # the queue at their next batch boundary; the process exits once every slot is free.
 CALY_SHUTDOWN_GRACE_SECONDS = env.float("CALY_SHUTDOWN_GRACE_SECONDS", default=20.0)
-# How often the reaper looks for runs lost to a dead worker or a broker outage.
-CALY_REAPER_SECONDS = env.int("CALY_REAPER_SECONDS", default=60)
 # Providers beyond the built-in ones (sync.providers), name -> "module:Class"; set in a settings
 # module, never from the environment (tests/settings.py adds the test suite's fake).
 CALY_EXTRA_PROVIDERS: dict[str, str] = {}
@@ -298,7 +296,9 @@ CELERY_RESULT_BACKEND = "sync.results:ResultBackend"
 CELERY_RESULT_EXTENDED = True
 CELERY_TASK_TRACK_STARTED = True
 CELERY_RESULT_EXPIRES = env.int("CALY_RESULT_EXPIRES_SECONDS", default=7 * 24 * 3600)
-# Schedules live in the database so they can be edited in the admin.
+# Beat's schedule lives in the database only, so it can be edited in the admin: rows the sync
+# migrations install (0003, 0007). No CELERY_BEAT_SCHEDULE: this scheduler would write its
+# entries over those rows, and over the admin's edits, every time beat starts.
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 # Worker events are not needed by Caly and cost a message per task state.
@@ -309,12 +309,3 @@ CELERY_TASK_QUEUES = [
     for name in (CALY_SYNC_QUEUE, CALY_MAINTENANCE_QUEUE)
 ]
 CELERY_TASK_ROUTES = {"sync.run_sync": {"queue": CALY_SYNC_QUEUE, "routing_key": CALY_SYNC_QUEUE}}
-# Finds runs lost to a dead worker or a broker outage and puts them back on the queue. A missed
-# tick is not worth doing twice: the message expires after one interval.
-CELERY_BEAT_SCHEDULE = {
-    "sync.reap_stale_runs": {
-        "task": "sync.reap_stale_runs",
-        "schedule": float(CALY_REAPER_SECONDS),
-        "options": {"expires": float(CALY_REAPER_SECONDS)},
-    },
-}

@@ -1,5 +1,5 @@
-"""Beat's schedule rows as the sync data migration writes them, for transactional tests: the
-flush after each transactional test removes what migrations wrote."""
+"""Beat's schedule rows as the sync data migrations write them (0003, 0007), for transactional
+tests: the flush after each transactional test removes what migrations wrote."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import importlib
 import pytest
 from django.apps import apps
 
+MIGRATIONS = ("sync.migrations.0003_periodic_resync", "sync.migrations.0007_reaper_schedule")
+
 
 @pytest.fixture
 def beat_schedule(transactional_db):
-    importlib.import_module("sync.migrations.0003_periodic_resync").install(apps, None)
+    for name in MIGRATIONS:
+        importlib.import_module(name).install(apps, None)
