@@ -253,6 +253,7 @@ CALY_GOOGLE_USER_WINDOW_SECONDS = env.float("CALY_GOOGLE_USER_WINDOW_SECONDS", d
 CALY_GOOGLE_MAX_WAIT_SECONDS = env.float("CALY_GOOGLE_MAX_WAIT_SECONDS", default=5.0)
 
 # --- Celery ---------------------------------------------------------------------------------
+# Every queue's name starts with this, so test runs and benchmarks can share a broker with others.
 CALY_QUEUE_PREFIX = env.str("CALY_QUEUE_PREFIX", default="caly")
 CALY_SYNC_QUEUE = f"{CALY_QUEUE_PREFIX}.sync"
 CALY_MAINTENANCE_QUEUE = f"{CALY_QUEUE_PREFIX}.maintenance"
@@ -261,6 +262,7 @@ CALY_MAINTENANCE_QUEUE = f"{CALY_QUEUE_PREFIX}.maintenance"
 # unless a delivery-limit is set, so they are opt-in.
 CALY_QUEUE_TYPE = env.str("CALY_QUEUE_TYPE", default="classic")
 
+# RabbitMQ: the queues of syncs and of beat's periodic tasks.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="amqp://guest:guest@localhost:5672//")
 # Keep reconnecting at start-up and after a broker restart instead of exiting.
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -287,25 +289,35 @@ CELERY_WORKER_ENABLE_PREFETCH_COUNT_REDUCTION = False
 # batches (CALY_SYNC_DEADLINE_SECONDS) and every HTTP call has a timeout.
 # Prefetch exactly one message per slot: a worker never sits on messages others could start.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# JSON only: messages carry ids, and a worker never unpickles what arrives from the broker.
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 # Task history in the database, shown in the admin by django-celery-results; its backend,
 # writing each result in one statement (sync.results).
 CELERY_RESULT_BACKEND = "sync.results:ResultBackend"
+# The history names each task, its arguments, its worker and the beat entry that sent it.
 CELERY_RESULT_EXTENDED = True
+# The periodic tasks (sync.resync_stale, celery.backend_cleanup) show as STARTED while they run.
+# sync.run_sync opts out (sync/tasks.py): its SyncRun records when it started, and a STARTED
+# result would cost a write per run; sync.reap_stale_runs keeps no result at all.
 CELERY_TASK_TRACK_STARTED = True
+# celery.backend_cleanup (on beat's schedule, daily) deletes the history older than this.
 CELERY_RESULT_EXPIRES = env.int("CALY_RESULT_EXPIRES_SECONDS", default=7 * 24 * 3600)
 # Beat's schedule lives in the database only, so it can be edited in the admin: rows the sync
 # migrations install (0003, 0007). No CELERY_BEAT_SCHEDULE: this scheduler would write its
 # entries over those rows, and over the admin's edits, every time beat starts.
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Beat's crontab times (the cleanup at 04:00) are UTC, whatever the servers' local time.
 CELERY_TIMEZONE = "UTC"
 # Worker events are not needed by Caly and cost a message per task state.
 CELERY_WORKER_SEND_TASK_EVENTS = False
+# Everything but syncs (beat's ticks, the reaper, cleanup) goes here: never behind a sync backlog.
 CELERY_TASK_DEFAULT_QUEUE = CALY_MAINTENANCE_QUEUE
+# Durable queues, declared the same way by workers and publishers (caly/queues.py).
 CELERY_TASK_QUEUES = [
     durable_queue(name, queue_type=CALY_QUEUE_TYPE)
     for name in (CALY_SYNC_QUEUE, CALY_MAINTENANCE_QUEUE)
 ]
+# Syncs have their queue to themselves.
 CELERY_TASK_ROUTES = {"sync.run_sync": {"queue": CALY_SYNC_QUEUE, "routing_key": CALY_SYNC_QUEUE}}
