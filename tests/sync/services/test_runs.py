@@ -1,0 +1,91 @@
+"""Running one sync (sync.services.runs), with the database only: the tests' fake provider
+stands in for a server."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from celery import signals
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from calendars.models import Account, Event
+from sync import lifecycle, services
+from sync.models import SyncLease, SyncRun
+from sync.tasks import run_sync
+from tests.factories import make_user
+from tests.support.fake_provider import fake_url
+
+pytestmark = pytest.mark.django_db
+
+
+def fake_account(settings, key: str, **behaviour) -> Account:
+    """An account of the queue tests' fake provider (tests/support/fake_provider.py)."""
+    return Account.objects.create(
+        owner=make_user(), provider="fake", name="Fake", url=fake_url(key, **behaviour)
+    )
+
+
+def test_a_first_sync_reads_no_stored_events_before_its_first_batch_a_no_change_one_none(
+    settings,
+):
+    account = fake_account(settings, "k1", events=4, batches=2)
+
+    def sync() -> tuple[services.RunResult, list[str]]:
+        run = services.sync_request_account(account=account, trigger="api", publish=False)
+        with CaptureQueriesContext(connection) as queries:
+            result = services.sync_run_execute(run_id=run.pk)
+        # Savepoints are the test's own transaction; a worker's are BEGIN and COMMIT.
+        sql = [q["sql"] for q in queries.captured_queries]
+        return result, [q for q in sql if not q.startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))]
+
+    first, first_sql = sync()
+    assert (first.state, first.counts["created"]) == ("succeeded", 4)
+    assert Event.objects.filter(calendar__account=account).count() == 4
+    # The calendar is new: the stored etags are not read, nor the stored events for the first
+    # batch; the second batch is compared with what the first stored.
+    assert sum('FROM "calendars_event"' in sql for sql in first_sql) == 1
+    # Each batch is stored in one INSERT; the last one moves the calendar's cursor after it.
+    stores = [i for i, sql in enumerate(first_sql) if 'INSERT INTO "calendars_event"' in sql]
+    assert len(stores) == 2
+    cursor = [i for i, sql in enumerate(first_sql) if 'UPDATE "calendars_calendar"' in sql]
+    assert stores[0] < stores[1] < cursor[0]
+
+    again, again_sql = sync()
+    assert (again.state, again.counts["created"], again.counts["updated"]) == ("succeeded", 0, 0)
+    # An unchanged CTag: the stored etags are not read.
+    assert len(again_sql) == 11, "\n".join(again_sql)
+    assert not any('"calendars_event"' in sql for sql in again_sql)
+
+
+def test_the_message_of_a_run_deleted_before_its_first_sync_is_dropped(settings):
+    account = fake_account(settings, "k2", events=1)
+    run = services.sync_request_account(account=account, trigger="api", publish=False)
+    SyncRun.objects.filter(pk=run.pk).delete()
+
+    assert services.sync_run_execute(run_id=run.pk).state == "missing"
+    assert not SyncLease.objects.filter(account=account).exists()
+    assert not Event.objects.filter(calendar__account=account).exists()
+
+
+def test_a_run_starts_when_a_worker_slot_took_its_message_not_when_its_thread_got_to_it(settings):
+    account = fake_account(settings, "k3", events=1)
+    run = services.sync_request_account(account=account, trigger="api", publish=False)
+
+    before = timezone.now()
+    # What the worker's consumer does as the message arrives (caly.celery.note_sync_taken).
+    message = SimpleNamespace(name="sync.run_sync", id=run.task_id)
+    signals.task_received.send(sender=None, request=message)
+    taken = timezone.now()
+    # ...and, later, a pool thread runs the task of that message.
+    run_sync.push_request(id=run.task_id, hostname="worker-1")
+    try:
+        assert run_sync(run.pk)["state"] == "succeeded"
+    finally:
+        run_sync.pop_request()
+
+    run.refresh_from_db()
+    assert before <= run.started_at <= taken
+    assert lifecycle.taken_at(run.task_id) is None  # read once, by the task
