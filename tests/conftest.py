@@ -9,6 +9,7 @@ from rest_framework.test import APIClient
 from tests.factories import make_user
 from tests.support.caldav_servers import start_radicale, start_xandikos
 from tests.support.fake_google import FakeGoogle
+from tests.support.schedules import beat_schedule  # noqa: F401 (fixture)
 from tests.support.workers import start_worker
 
 
@@ -34,6 +35,18 @@ def _private_queues():
         for queue in settings.CELERY_TASK_QUEUES:
             channel.queue_delete(queue.name)
             channel.exchange_delete(queue.exchange.name)
+
+
+@pytest.fixture(autouse=True)
+def _beat_schedule_after_flush(request):
+    """A transactional test starts on tables the one before it flushed, without the rows the data
+    migrations wrote: beat's schedule is put back, as every real database has it."""
+    marker = request.node.get_closest_marker("django_db")
+    marked = marker is not None and marker.kwargs.get(
+        "transaction", bool(marker.args and marker.args[0])
+    )
+    if marked or {"transactional_db", "live_server"} & set(request.fixturenames):
+        request.getfixturevalue("beat_schedule")
 
 
 @pytest.fixture

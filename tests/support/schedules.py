@@ -1,5 +1,6 @@
 """Beat's schedule rows as the sync data migrations write them (0003, 0007), for transactional
-tests: the flush after each transactional test removes what migrations wrote."""
+tests: the flush after each transactional test removes what migrations wrote. tests/conftest.py
+puts them back for every transactional test."""
 
 from __future__ import annotations
 
