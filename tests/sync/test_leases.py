@@ -155,7 +155,7 @@ def test_reaper_is_on_beats_schedule(db):
     from django_celery_beat.models import PeriodicTask
     from django_celery_beat.schedulers import DatabaseScheduler
 
-    DatabaseScheduler(app=app)  # what `celery beat` does at start: the schedule goes to the DB
+    DatabaseScheduler(app=app)  # what `celery beat` does at start: it reads the schedule rows
     entry = PeriodicTask.objects.get(name="sync.reap_stale_runs")
     assert entry.task == "sync.reap_stale_runs" and entry.enabled
     app.loader.import_default_modules()  # what a worker does at start: its tasks register

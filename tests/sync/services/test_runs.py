@@ -21,17 +21,15 @@ from tests.support.fake_provider import fake_url
 pytestmark = pytest.mark.django_db
 
 
-def fake_account(settings, key: str, **behaviour) -> Account:
+def fake_account(key: str, **behaviour) -> Account:
     """An account of the queue tests' fake provider (tests/support/fake_provider.py)."""
     return Account.objects.create(
         owner=make_user(), provider="fake", name="Fake", url=fake_url(key, **behaviour)
     )
 
 
-def test_a_first_sync_reads_no_stored_events_before_its_first_batch_a_no_change_one_none(
-    settings,
-):
-    account = fake_account(settings, "k1", events=4, batches=2)
+def test_a_first_sync_reads_no_stored_events_before_its_first_batch_a_no_change_one_none():
+    account = fake_account("k1", events=4, batches=2)
 
     def sync() -> tuple[services.RunResult, list[str]]:
         run = services.sync_request_account(account=account, trigger="api", publish=False)
@@ -60,8 +58,8 @@ def test_a_first_sync_reads_no_stored_events_before_its_first_batch_a_no_change_
     assert not any('"calendars_event"' in sql for sql in again_sql)
 
 
-def test_the_message_of_a_run_deleted_before_its_first_sync_is_dropped(settings):
-    account = fake_account(settings, "k2", events=1)
+def test_the_message_of_a_run_deleted_before_its_first_sync_is_dropped():
+    account = fake_account("k2", events=1)
     run = services.sync_request_account(account=account, trigger="api", publish=False)
     SyncRun.objects.filter(pk=run.pk).delete()
 
@@ -70,8 +68,8 @@ def test_the_message_of_a_run_deleted_before_its_first_sync_is_dropped(settings)
     assert not Event.objects.filter(calendar__account=account).exists()
 
 
-def test_a_run_starts_when_a_worker_slot_took_its_message_not_when_its_thread_got_to_it(settings):
-    account = fake_account(settings, "k3", events=1)
+def test_a_run_starts_when_a_worker_slot_took_its_message_not_when_its_thread_got_to_it():
+    account = fake_account("k3", events=1)
     run = services.sync_request_account(account=account, trigger="api", publish=False)
 
     before = timezone.now()
