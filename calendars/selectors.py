@@ -5,13 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import warnings
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import icalendar
 import recurring_ical_events
 from django.db.models import Q, QuerySet
 
 from calendars.models import Account, Calendar, Event
+from calendars.timezones import as_instant, default_end, recurrence_key, zone_named
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def events_in_window(
     for master in masters:
         rows = overrides.get((master.calendar_id, master.uid), [])
         occurrences.extend(
-            _expand(master, rows, start=start, end=end, zone=_zone(zones[master.calendar_id]))
+            _expand(master, rows, start=start, end=end, zone=zone_named(zones[master.calendar_id]))
         )
     occurrences.sort(key=lambda e: (e.start, e.uid, e.recurrence_id, e.pk))
     return occurrences
@@ -123,25 +123,6 @@ def events_in_window(
 def _overlaps(begins: dt.datetime, ends: dt.datetime, start: dt.datetime, end: dt.datetime) -> bool:
     """Does [begins, ends) meet [start, end)? An instant (begins == ends) counts where it is."""
     return begins < end and (ends > start or begins >= start)
-
-
-def _zone(name: str) -> dt.tzinfo:
-    try:
-        return ZoneInfo(name) if name else dt.UTC
-    except (ZoneInfoNotFoundError, ValueError):
-        return dt.UTC
-
-
-def _instant(value, zone: dt.tzinfo) -> dt.datetime:
-    if isinstance(value, dt.datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=zone)).astimezone(dt.UTC)
-    return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
-
-
-def _key(value, zone: dt.tzinfo) -> str:
-    if isinstance(value, dt.datetime):
-        return _instant(value, zone).strftime("%Y%m%dT%H%M%SZ")
-    return value.strftime("%Y%m%d")
 
 
 def _series_calendar(master: Event, overrides: list[Event]) -> icalendar.Calendar:
@@ -178,7 +159,7 @@ def _from_key(key: str) -> dt.date | dt.datetime:
 def _vevent_from_row(row: Event) -> icalendar.Event:
     """The VEVENT a stored row stands for, with times in the event's own zone so that a rule
     keeps its wall-clock time across daylight-saving changes."""
-    zone = _zone(row.timezone)
+    zone = zone_named(row.timezone)
 
     def when(value: dt.datetime):
         return value.date() if row.all_day else value.astimezone(zone)
@@ -217,7 +198,7 @@ def _expand(
             found = []
             for component in query.after(start - _MARGIN):
                 begins = component.get("DTSTART").dt
-                if _instant(begins, zone) >= end + _MARGIN:
+                if as_instant(begins, default_zone=zone) >= end + _MARGIN:
                     break
                 found.append(component)
                 if len(found) >= MAX_OCCURRENCES_PER_SERIES:
@@ -232,19 +213,17 @@ def _expand(
             continue
         begins = component.get("DTSTART").dt
         all_day = not isinstance(begins, dt.datetime)
-        occurrence_start = _instant(begins, zone)
+        occurrence_start = as_instant(begins, default_zone=zone)
         if component.get("DTEND") is not None:
-            occurrence_end = _instant(component["DTEND"].dt, zone)
+            occurrence_end = as_instant(component["DTEND"].dt, default_zone=zone)
         elif component.get("DURATION") is not None:
             occurrence_end = occurrence_start + component["DURATION"].dt
         else:
-            occurrence_end = occurrence_start + (
-                dt.timedelta(days=1) if all_day else dt.timedelta()
-            )
+            occurrence_end = default_end(occurrence_start, all_day=all_day)
         if not _overlaps(occurrence_start, occurrence_end, start, end):
             continue
         rid = component.get("RECURRENCE-ID")
-        key = _key(rid.dt if rid is not None else begins, zone)
+        key = recurrence_key(rid.dt if rid is not None else begins, default_zone=zone)
         source = by_key.get(key, master)
         result.append(
             Event(
