@@ -12,7 +12,6 @@ sync token). A full listing asks for 2,500 events a page, the most Google serves
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import json
 import logging
@@ -20,12 +19,10 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import google.auth.exceptions
 import google.auth.transport
 import httplib2
-import icalendar
 import msgspec
 import niquests
 from django.conf import settings
@@ -34,10 +31,11 @@ from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 from googleapiclient.model import JsonModel
 
+from calendars.timezones import as_instant, default_end, recurrence_key, zone_named
 from sync import http
 from sync.backoff import backoff, retry_after_seconds
 from sync.budget import BudgetExhausted, budget_spend
-from sync.ical import as_instant, recurrence_key
+from sync.ical import recurrence_from_lines
 from sync.providers.base import (
     AuthError,
     ChangeBatch,
@@ -653,16 +651,8 @@ def _refresh_failure(exc: google.auth.exceptions.RefreshError) -> ProviderError:
 
 
 # --- Google event → RemoteEvent ---------------------------------------------------------------
-@functools.lru_cache(maxsize=512)
-def _zone(name: str) -> dt.tzinfo:
-    if name:
-        try:
-            return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    return UTC
-
-
+# Google's events are JSON; zones, instants, all-day ends and the recurrence lines are read with
+# the helpers the iCalendar mapping uses (`calendars.timezones`, `sync.ical`).
 def _moment(value: _Time, *, zone: dt.tzinfo) -> dt.date | dt.datetime:
     """A Google start/end/originalStartTime: a date (all-day) or an aware date-time."""
     if value.date is not None:
@@ -671,7 +661,7 @@ def _moment(value: _Time, *, zone: dt.tzinfo) -> dt.date | dt.datetime:
     if moment is None:
         raise ValueError("a time with neither date nor dateTime")
     if moment.tzinfo is None:  # RFC 3339 requires an offset; be lenient like Google's clients
-        moment = moment.replace(tzinfo=_zone(value.time_zone) if value.time_zone else zone)
+        moment = moment.replace(tzinfo=zone_named(value.time_zone) if value.time_zone else zone)
     return moment
 
 
@@ -684,56 +674,32 @@ def _parse_time(value: str | None) -> dt.datetime | None:
         return None
 
 
-def _recurrence(lines, *, zone: dt.tzinfo) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
-    """Google's `recurrence` (RRULE/RDATE/EXDATE lines) as Caly's rrule, rdate and exdate."""
-    text = "BEGIN:VEVENT\r\n" + "\r\n".join(str(line) for line in lines) + "\r\nEND:VEVENT\r\n"
-    component = icalendar.Event.from_ical(text)
-    rrule = component.get("RRULE")
-    if isinstance(rrule, list):
-        rrule = rrule[0]
-
-    def keys(name: str) -> tuple[str, ...]:
-        values = component.get(name)
-        if values is None:
-            return ()
-        result = []
-        for prop in values if isinstance(values, list) else [values]:
-            for item in prop.dts:
-                value = item.dt[0] if isinstance(item.dt, tuple) else item.dt
-                if isinstance(value, dt.datetime) and value.tzinfo is None:
-                    value = value.replace(tzinfo=zone)  # floating: the event's own zone
-                result.append(recurrence_key(value))
-        return tuple(result)
-
-    return (rrule.to_ical().decode() if rrule is not None else ""), keys("RDATE"), keys("EXDATE")
-
-
 def event_from_google(item: GoogleEvent, *, uid: str, calendar_timezone: str = "") -> RemoteEvent:
     """One Google event resource in Caly's provider-neutral form.
 
     An exception's recurrence_id is its originalStartTime in the form CalDAV's RECURRENCE-ID
-    takes (`sync.ical.recurrence_key`), so the same meeting matches across providers. A
-    cancelled occurrence of a recurring event stays a row with status CANCELLED.
+    takes (`calendars.timezones.recurrence_key`), so the same meeting matches across providers.
+    A cancelled occurrence of a recurring event stays a row with status CANCELLED.
     """
     start_field = item.start or item.original_start_time
     if start_field is None:
         raise ValueError("an event with no start")
     zone_name = start_field.time_zone or calendar_timezone
-    zone = _zone(zone_name)
+    zone = zone_named(zone_name)
     recurrence_id = ""
     if item.recurring_event_id and item.original_start_time:
         recurrence_id = recurrence_key(_moment(item.original_start_time, zone=zone))
     start_value = _moment(start_field, zone=zone)
     all_day = type(start_value) is dt.date
-    start = as_instant(start_value) if all_day else start_value.astimezone(UTC)
+    start = as_instant(start_value)
     if item.end is not None:
-        end_value = _moment(item.end, zone=zone)
-        end = as_instant(end_value) if type(end_value) is dt.date else end_value.astimezone(UTC)
+        end = as_instant(_moment(item.end, zone=zone))
     else:
-        end = start + (dt.timedelta(days=1) if all_day and item.start else dt.timedelta(0))
+        # A cancelled occurrence carries only its originalStartTime: it has no length.
+        end = default_end(start, all_day=all_day and item.start is not None)
     rrule, rdate, exdate = "", (), ()
     if item.recurrence:
-        rrule, rdate, exdate = _recurrence(item.recurrence, zone=zone)
+        rrule, rdate, exdate = recurrence_from_lines(item.recurrence, default_zone=zone)
     return RemoteEvent(
         uid=uid,
         recurrence_id=recurrence_id,

@@ -214,10 +214,13 @@ def test_fast_reader_agrees_with_icalendar(raw, zone):
 
 
 def test_fast_reader_takes_plain_objects():
-    from sync.ical import UTC as utc
-    from sync.ical import _parse_plain
+    from sync.ical import Zones, _plain_properties, event_from_properties
 
-    # Quoted parameters and custom VTIMEZONEs are left to icalendar; the rest is read directly.
+    # Quoted parameters and custom VTIMEZONEs are left to icalendar; the rest is read directly,
+    # into the properties the one mapping reads.
     plain = [r for r in CORPUS[:7] if '"' not in r] + [CORPUS[8]]
     for raw in plain:
-        assert _parse_plain(raw, utc)
+        properties = _plain_properties(raw)
+        assert properties
+        events = tuple(event_from_properties(p, zones=Zones(default=UTC)) for p in properties)
+        assert events == parse_object(raw)
