@@ -224,3 +224,23 @@ def test_fast_reader_takes_plain_objects():
         assert properties
         events = tuple(event_from_properties(p, zones=Zones(default=UTC)) for p in properties)
         assert events == parse_object(raw)
+
+
+@pytest.mark.parametrize(
+    "tzid", ["Europe/Berlin", '"Europe/Berlin"']
+)  # read directly; by icalendar
+def test_recurrence_lines_as_google_lists_them(tzid):
+    from calendars.timezones import zone_named
+    from sync.ical import recurrence_from_lines
+
+    lines = [
+        "RRULE:FREQ=WEEKLY;COUNT=6",
+        f"EXDATE;TZID={tzid}:20260309T090000",
+        "RDATE:20260320T090000",  # floating: the event's own zone
+    ]
+    rrule, rdate, exdate = recurrence_from_lines(lines, default_zone=zone_named("Asia/Tokyo"))
+    assert (rrule, rdate, exdate) == (
+        "FREQ=WEEKLY;COUNT=6",
+        ("20260320T000000Z",),
+        ("20260309T080000Z",),
+    )
