@@ -33,22 +33,11 @@ RECEIVED_AT = "caly_received_at"
 _lock = threading.Lock()
 _shutdown_at: float | None = None
 
-# Task id -> when this process took the message off the queue, for callers that know only the
-# task id (`taken_at`). Its task pops it, so at most a worker's prefetch of entries wait here;
-# messages taken but never run (revoked) are cleared once this many pile up.
-_taken: dict[str, dt.datetime] = {}
-TAKEN_KEPT = 10_000
-
 
 def message_taken(request) -> dt.datetime:
     """Note that a worker slot took this message (called in the consumer, as it arrives)."""
     now = timezone.now()
-    fields = getattr(request, "request_dict", None)
-    if isinstance(fields, dict):
-        fields[RECEIVED_AT] = now
-    if len(_taken) >= TAKEN_KEPT:
-        _taken.clear()
-    _taken[request.id] = now
+    request.request_dict[RECEIVED_AT] = now
     return now
 
 
@@ -58,14 +47,7 @@ def received_at(request) -> dt.datetime | None:
     The task's thread may start it later than that when the process is busy: the slot was
     the message's from the moment it arrived. None if this process did not note it.
     """
-    stamped = getattr(request, RECEIVED_AT, None)
-    noted = taken_at(request.id or "")
-    return stamped or noted
-
-
-def taken_at(task_id: str) -> dt.datetime | None:
-    """`received_at` for a caller that knows only the task id (once; None if not noted)."""
-    return _taken.pop(task_id, None)
+    return getattr(request, RECEIVED_AT, None)
 
 
 def shutdown_begun() -> None:

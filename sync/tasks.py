@@ -16,7 +16,7 @@ def run_sync(run_id: int) -> dict:
         run_id=run_id,
         task_id=task_id,
         worker=run_sync.request.hostname or "",
-        received_at=lifecycle.taken_at(task_id) or timezone.now(),
+        received_at=lifecycle.received_at(run_sync.request) or timezone.now(),
     )
     if result.handed_back:
         # The worker is stopping: back into the queue where it was (classic queues), for

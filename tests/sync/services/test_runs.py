@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from calendars.models import Account, Event
-from sync import lifecycle, services
+from sync import services
 from sync.models import SyncLease, SyncRun
 from sync.tasks import run_sync
 from tests.factories import make_user
@@ -73,12 +73,14 @@ def test_a_run_starts_when_a_worker_slot_took_its_message_not_when_its_thread_go
     run = services.sync_request_account(account=account, trigger="api", publish=False)
 
     before = timezone.now()
-    # What the worker's consumer does as the message arrives (caly.celery.note_sync_taken).
-    message = SimpleNamespace(name="sync.run_sync", id=run.task_id)
+    # What the worker's consumer does as the message arrives (sync.lifecycle.note_sync_taken).
+    message = SimpleNamespace(
+        name="sync.run_sync", id=run.task_id, request_dict={"id": run.task_id}
+    )
     signals.task_received.send(sender=None, request=message)
     taken = timezone.now()
     # ...and, later, a pool thread runs the task of that message.
-    run_sync.push_request(id=run.task_id, hostname="worker-1")
+    run_sync.push_request(hostname="worker-1", **message.request_dict)
     try:
         assert run_sync(run.pk)["state"] == "succeeded"
     finally:
@@ -86,4 +88,3 @@ def test_a_run_starts_when_a_worker_slot_took_its_message_not_when_its_thread_go
 
     run.refresh_from_db()
     assert before <= run.started_at <= taken
-    assert lifecycle.taken_at(run.task_id) is None  # read once, by the task
