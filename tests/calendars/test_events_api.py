@@ -209,7 +209,7 @@ def test_google_series_expand_from_their_stored_fields(api, calendar):
     moved and cancelled instances, exactly as for an iCalendar series."""
     import json
 
-    from sync.providers.google import decode_event, event_from_google
+    from sync.providers.google.events import decode_event, event_from_google
 
     master = {
         "id": "weekly1",

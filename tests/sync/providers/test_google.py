@@ -600,7 +600,7 @@ def test_an_empty_listing_is_confirmed_before_everything_is_deleted(google, goog
     ids=["compact", "pretty", "empty", "no-items"],
 )
 def test_pages_keep_each_event_exactly_as_sent(text):
-    from sync.providers.google import _event_pages
+    from sync.providers.google.events import event_pages as _event_pages
 
     page = _event_pages.decode(text.encode())
     raw = [str(item, "utf-8") for item in page.items]
