@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import TYPE_CHECKING
 
 import google.auth.exceptions
 import google.auth.transport
@@ -15,12 +14,7 @@ from django.conf import settings
 from googleapiclient.model import JsonModel
 
 from sync import http
-from sync.providers.base import (
-    TransientError,
-)
-
-if TYPE_CHECKING:
-    from sync.providers.google.provider import GoogleProvider
+from sync.providers.base import Provider, TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +76,7 @@ class Transport:
     client library needs; HTTP errors are left to the caller to interpret.
     """
 
-    def __init__(self, provider: GoogleProvider):
+    def __init__(self, provider: Provider):
         self._provider = provider
 
     def request(
