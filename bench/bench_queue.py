@@ -46,8 +46,8 @@ from django.db import connection  # noqa: E402
 
 from bench.queue_tasks import history_only, noop  # noqa: E402
 from caly.celery import app  # noqa: E402
+from sync.broker import sync_queue  # noqa: E402
 from sync.models import SyncRun  # noqa: E402
-from sync.retry import sync_queue  # noqa: E402
 from sync.services import sync_request_account  # noqa: E402
 from tests.support.queue_lab import make_fake_accounts, max_start_displacement  # noqa: E402
 from tests.support.workers import start_worker  # noqa: E402

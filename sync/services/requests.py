@@ -14,7 +14,7 @@ from django.utils import timezone
 from kombu.exceptions import KombuError, OperationalError
 
 from calendars.models import Account
-from sync import retry, selectors, states
+from sync import broker, selectors, states
 from sync.models import SyncRun
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def sync_publish(*, run: SyncRun, withdraw_on_failure: bool = False) -> None:
     if run.retry_at is not None:
         delay = max(0, math.ceil((run.retry_at - timezone.now()).total_seconds()))
     try:
-        retry.publish_run(run_id=run.pk, task_id=run.task_id or str(uuid.uuid4()), delay=delay)
+        broker.publish_run(run_id=run.pk, task_id=run.task_id or str(uuid.uuid4()), delay=delay)
     except BROKER_ERRORS as exc:
         logger.error("could not publish sync run %s: %s", run.pk, type(exc).__name__)
         if withdraw_on_failure:

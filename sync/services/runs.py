@@ -14,7 +14,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from calendars.models import Account, Calendar
-from sync import lifecycle, retry, selectors, states
+from sync import broker, lifecycle, selectors, states
 from sync.engine import normalize_href
 from sync.leases import LeaseHeartbeat
 from sync.models import SyncRun
@@ -102,7 +102,7 @@ def sync_run_execute(
     claim = states.run_claim(run_id=run_id, task_id=task_id, worker=worker, received_at=received_at)
     if claim.outcome is ClaimOutcome.LATER:
         try:
-            retry.publish_run(
+            broker.publish_run(
                 run_id=run_id, task_id=task_id or str(uuid.uuid4()), delay=claim.delay
             )
         except BROKER_ERRORS:
@@ -195,7 +195,7 @@ def _retry_or_fail(run: SyncRun, counts: Counts, exc: TransientError) -> Interru
     elif exc.retry_after and exc.retry_after > settings.CALY_RETRY_MAX_SECONDS:
         error = f"{exc} The server asked to wait {exc.retry_after:.0f} s; not retrying."
     else:
-        delay = retry.backoff_seconds(attempt=attempts, retry_after=exc.retry_after)
+        delay = broker.backoff_seconds(attempt=attempts, retry_after=exc.retry_after)
         note = f"{exc} Retrying in {delay} s (attempt {attempts} of {max_attempts} failed)."
         queued = states.run_retry_later(
             run=run, counts=counts, delay=delay, note=note, continuation=continuation

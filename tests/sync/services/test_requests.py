@@ -26,7 +26,7 @@ def test_a_request_for_every_account_is_all_or_nothing_when_the_broker_fails_par
             raise OperationalError("connection refused")
         published.append(run_id)
 
-    monkeypatch.setattr("sync.retry.publish_run", publish_run)
+    monkeypatch.setattr("sync.broker.publish_run", publish_run)
     with pytest.raises(services.BrokerUnavailable, match="nothing was queued"):
         services.sync_request(user=user, trigger="api")
 
