@@ -99,8 +99,8 @@ def run(info: dict) -> None:
     from calendars.models import Calendar, Event
     from sync import services
     from sync.models import SyncRun
-    from sync.providers.base import Cursor
     from sync.providers.google import GoogleProvider
+    from sync.remote import Cursor
     from tests.factories import make_user
 
     calendar_id = info["calendar"]

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from sync.providers.base import RemoteEvent, RemoteObject
+from sync.remote import RemoteEvent, RemoteObject
 
 Key = tuple[str, str]  # (uid, recurrence_id)
 

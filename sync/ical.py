@@ -25,7 +25,7 @@ import icalendar
 from icalendar.timezone import tzp
 
 from calendars.timezones import UTC, as_instant, default_end, iana_zone, recurrence_key, zone_named
-from sync.providers.base import RemoteEvent
+from sync.remote import RemoteEvent
 
 # Properties whose values carry a TZID the way DTSTART does.
 ZONED = ("DTSTART", "DTEND", "RECURRENCE-ID", "EXDATE", "RDATE")

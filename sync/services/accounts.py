@@ -13,7 +13,8 @@ from django.utils import timezone
 from calendars.models import Account, Calendar
 from sync.engine import normalize_href
 from sync.providers import provider_class
-from sync.providers.base import ProviderError, RemoteCalendar
+from sync.providers.base import ProviderError
+from sync.remote import RemoteCalendar
 
 logger = logging.getLogger(__name__)
 

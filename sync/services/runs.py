@@ -19,15 +19,8 @@ from sync.engine import normalize_href
 from sync.leases import LeaseHeartbeat
 from sync.models import SyncRun
 from sync.providers import provider_for
-from sync.providers.base import (
-    AuthError,
-    ChangeBatch,
-    Cursor,
-    Provider,
-    ProviderError,
-    RemoteCalendar,
-    TransientError,
-)
+from sync.providers.base import AuthError, Provider, ProviderError, TransientError
+from sync.remote import ChangeBatch, Cursor, RemoteCalendar
 from sync.services.accounts import calendars_reconcile
 from sync.services.requests import BROKER_ERRORS, sync_publish_or_leave_to_reaper
 from sync.services.store import events_apply

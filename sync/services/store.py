@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from calendars.models import Calendar, Event
 from sync.engine import EventWrite, Plan, StoredEvent, normalize_href, plan_changes
-from sync.providers.base import ChangeBatch, SkippedObject
+from sync.remote import ChangeBatch, SkippedObject
 
 # The fields a sync writes; the rest (ids, created_at) are kept when a stored event changes.
 EVENT_FIELDS = (

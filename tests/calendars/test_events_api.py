@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sync.ical import parse_object
-from sync.providers.base import ChangeBatch, RemoteObject
+from sync.remote import ChangeBatch, RemoteObject
 from sync.services import events_apply
 from tests.factories import make_account, make_calendar, make_user
 

@@ -26,15 +26,8 @@ import time
 from collections.abc import Iterator, Mapping
 from urllib.parse import parse_qs, urlsplit
 
-from sync.providers.base import (
-    ChangeBatch,
-    Cursor,
-    Provider,
-    RemoteCalendar,
-    RemoteEvent,
-    RemoteObject,
-    TransientError,
-)
+from sync.providers.base import Provider, TransientError
+from sync.remote import ChangeBatch, Cursor, RemoteCalendar, RemoteEvent, RemoteObject
 
 LOG_ENV = "CALY_FAKE_PROVIDER_LOG"
 

@@ -9,7 +9,7 @@ from sync.engine import (
     plan_changes,
     raw_digest,
 )
-from sync.providers.base import RemoteEvent, RemoteObject
+from sync.remote import RemoteEvent, RemoteObject
 
 
 def obj(href: str, etag: str, *events: RemoteEvent, raw: str = "") -> RemoteObject:

@@ -11,10 +11,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 import niquests
 from lxml import etree
 
-from sync.providers.base import (
-    ProviderError,
-    TransientError,
-)
+from sync.providers.base import ProviderError, TransientError
 
 logger = logging.getLogger(__name__)
 

@@ -30,18 +30,7 @@ from sync import http
 from sync.backoff import retry_after_seconds
 from sync.engine import empty_listing_confirmed, listing_diff, normalize_href
 from sync.ical import MalformedObject, parse_object
-from sync.providers.base import (
-    AuthError,
-    ChangeBatch,
-    ConnectError,
-    Cursor,
-    Provider,
-    ProviderError,
-    RemoteCalendar,
-    RemoteObject,
-    SkippedObject,
-    TransientError,
-)
+from sync.providers.base import AuthError, ConnectError, Provider, ProviderError, TransientError
 from sync.providers.caldav.dav import (
     AUTH_REFUSED,
     CALENDAR_LIST_BODY,
@@ -61,6 +50,7 @@ from sync.providers.caldav.dav import (
     vtimezone_id,
     xml_escape,
 )
+from sync.remote import ChangeBatch, Cursor, RemoteCalendar, RemoteObject, SkippedObject
 
 logger = logging.getLogger(__name__)
 

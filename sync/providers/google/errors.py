@@ -10,11 +10,7 @@ import google.auth.transport
 from googleapiclient.errors import HttpError
 
 from sync.backoff import retry_after_seconds
-from sync.providers.base import (
-    AuthError,
-    ProviderError,
-    TransientError,
-)
+from sync.providers.base import AuthError, ProviderError, TransientError
 
 logger = logging.getLogger(__name__)
 

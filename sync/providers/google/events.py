@@ -9,9 +9,7 @@ import msgspec
 
 from calendars.timezones import as_instant, default_end, recurrence_key, zone_named
 from sync.ical import recurrence_from_lines
-from sync.providers.base import (
-    RemoteEvent,
-)
+from sync.remote import RemoteEvent
 
 logger = logging.getLogger(__name__)
 

@@ -28,18 +28,7 @@ from googleapiclient.errors import HttpError
 
 from sync.backoff import backoff
 from sync.budget import BudgetExhausted, budget_spend
-from sync.providers.base import (
-    AuthError,
-    ChangeBatch,
-    ConnectError,
-    Cursor,
-    Provider,
-    ProviderError,
-    RemoteCalendar,
-    RemoteObject,
-    SkippedObject,
-    TransientError,
-)
+from sync.providers.base import AuthError, ConnectError, Provider, ProviderError, TransientError
 from sync.providers.google.errors import (
     RECONNECT,
     NotFound,
@@ -55,6 +44,7 @@ from sync.providers.google.events import (
     id_of,
 )
 from sync.providers.google.transport import BytesModel, TokenTransport, Transport, token_key
+from sync.remote import ChangeBatch, Cursor, RemoteCalendar, RemoteObject, SkippedObject
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ from calendars.models import Account, Event
 from sync import selectors, services
 from sync.ical import parse_object
 from sync.providers import provider_for
-from sync.providers.base import AuthError, Cursor, ProviderError, TransientError
+from sync.providers.base import AuthError, ProviderError, TransientError
 from sync.providers.google import GoogleProvider
+from sync.remote import Cursor
 from tests.factories import make_user
 from tests.support.fake_google import load_discovery
 

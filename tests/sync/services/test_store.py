@@ -8,7 +8,7 @@ from django.test.utils import CaptureQueriesContext
 
 from calendars.models import Event
 from sync import services
-from sync.providers.base import ChangeBatch, RemoteEvent, RemoteObject
+from sync.remote import ChangeBatch, RemoteEvent, RemoteObject
 from tests.factories import make_account, make_calendar, make_user
 
 pytestmark = pytest.mark.django_db

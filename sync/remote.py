@@ -1,0 +1,76 @@
+"""The plain data a provider hands over: calendars, events, the objects holding them, batches of
+changes and where a sync left off.
+
+The engine, the iCalendar reader and the services work on these, never on library objects
+(caldav resources, Google response dicts). The immutable ones are msgspec structs: a sync builds
+one RemoteEvent and one RemoteObject per event, and a struct is built ten times faster than a
+frozen dataclass (0.2 µs against 2 µs for RemoteEvent).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+import msgspec
+
+
+class RemoteCalendar(msgspec.Struct, frozen=True):
+    remote_id: str
+    name: str = ""
+    color: str = ""
+    timezone: str = ""
+
+
+class RemoteEvent(msgspec.Struct, frozen=True):
+    """One VEVENT (or Google event) in provider-neutral form. Times are aware UTC."""
+
+    uid: str
+    recurrence_id: str = ""
+    summary: str = ""
+    description: str = ""
+    location: str = ""
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    all_day: bool = False
+    timezone: str = ""
+    status: str = ""
+    rrule: str = ""
+    rdate: tuple[str, ...] = ()
+    exdate: tuple[str, ...] = ()
+    last_modified: dt.datetime | None = None
+
+
+class RemoteObject(msgspec.Struct, frozen=True):
+    """A remote resource holding one or more events (a CalDAV object, a Google event)."""
+
+    href: str
+    etag: str
+    events: tuple[RemoteEvent, ...]
+    raw: str = ""
+
+
+class SkippedObject(msgspec.Struct, frozen=True):
+    href: str
+    reason: str
+
+
+class Cursor(msgspec.Struct, frozen=True):
+    """Where the previous sync of a calendar left off."""
+
+    sync_token: str = ""
+    ctag: str = ""
+
+
+@dataclass
+class ChangeBatch:
+    """A slice of a calendar's changes, applied in its own transaction.
+
+    `cursor` is set only on the last batch: the sync state is saved once everything before it is
+    stored, so an interrupted sync starts again from the old state and loses nothing.
+    """
+
+    objects: list[RemoteObject] = field(default_factory=list)
+    deleted_hrefs: list[str] = field(default_factory=list)
+    skipped: list[SkippedObject] = field(default_factory=list)
+    cursor: Cursor | None = None
