@@ -9,9 +9,12 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urljoin, urlsplit
 
 import niquests
+from django.conf import settings
 from lxml import etree
 
-from sync.providers.base import ProviderError, TransientError
+from sync import http
+from sync.backoff import retry_after_seconds
+from sync.providers.base import AuthError, ProviderError, TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -223,3 +226,85 @@ class Multistatus:
                     self.truncated = True
                     continue
                 yield item
+
+
+class CollectionGone(ProviderError):
+    """The collection is not (or no longer) at that address."""
+
+
+class DAVSession:
+    """The HTTP side of one account's DAV requests: the shared pooled session, its timeout, Basic
+    auth sent up front (Digest when the server asks for it only), errors mapped to Caly's kinds."""
+
+    def __init__(self, *, url: str, username: str, password: str):
+        self.url, self.username, self.password = url, username, password
+        self._auth = self._initial_auth()
+
+    def _initial_auth(self):
+        if not (self.username or self.password):
+            return None
+        # Sent up front: asking anonymously first costs a round trip per sync, and Radicale
+        # answers anonymous requests only after a deliberate delay.
+        return niquests.auth.HTTPBasicAuth(self.username, self.password)
+
+    def host(self) -> str:
+        return urlsplit(self.url).netloc.rpartition("@")[2] or self.url
+
+    def send(self, method: str, url: str, body: str, *, depth: str | None):
+        """One request through the shared session, streamed; errors mapped to Caly's kinds."""
+        headers = {"Content-Type": "application/xml; charset=utf-8"}
+        if depth is not None:
+            headers["Depth"] = depth
+        for _attempt in range(2):
+            try:
+                response = http.session().request(
+                    method,
+                    url,
+                    data=body.encode(),
+                    headers=headers,
+                    auth=self._auth,
+                    timeout=settings.CALY_HTTP_TIMEOUT,
+                    stream=True,
+                    allow_redirects=False,
+                )
+            except niquests.exceptions.Timeout as exc:
+                raise TransientError(
+                    f"The CalDAV server at {self.host()} did not answer in time."
+                ) from exc
+            except niquests.exceptions.ConnectionError as exc:
+                raise TransientError(
+                    f"Cannot connect to the CalDAV server at {self.host()}."
+                ) from exc
+            challenge = response.headers.get("WWW-Authenticate", "").lower()
+            if (
+                response.status_code == 401
+                and "digest" in challenge
+                and "basic" not in challenge
+                and not isinstance(self._auth, niquests.auth.HTTPDigestAuth)
+                and self._auth is not None
+            ):
+                response.close()
+                self._auth = niquests.auth.HTTPDigestAuth(self.username, self.password)
+                continue
+            break
+        status = response.status_code
+        if status == 401 or (status == 403 and method != "REPORT"):
+            response.close()
+            raise AuthError(AUTH_REFUSED)
+        if status in (429, 503) or (status >= 500 and status != 507):
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            response.close()
+            raise TransientError(
+                f"The CalDAV server at {self.host()} answered HTTP {status}.",
+                retry_after=retry_after,
+            )
+        return response
+
+    def multistatus(self, method: str, url: str, body: str, *, depth: str | None) -> Multistatus:
+        response = self.send(method, url, body, depth=depth)
+        if response.status_code != 207:
+            status = response.status_code
+            response.close()
+            error = CollectionGone if status in (404, 410) else ProviderError
+            raise error(f"{method} {urlsplit(url).path} answered HTTP {status}, expected 207.")
+        return Multistatus(response, url)

@@ -27,7 +27,6 @@ from django.conf import settings
 from lxml import etree
 
 from sync import http
-from sync.backoff import retry_after_seconds
 from sync.engine import empty_listing_confirmed, listing_diff, normalize_href
 from sync.ical import MalformedObject, parse_object
 from sync.providers.base import AuthError, ConnectError, Provider, ProviderError, TransientError
@@ -42,6 +41,8 @@ from sync.providers.caldav.dav import (
     QUERY_BODY,
     SYNC_BODY,
     CalendarInfo,
+    CollectionGone,
+    DAVSession,
     EmptyListingRefused,
     Item,
     Listing,
@@ -55,18 +56,15 @@ from sync.remote import ChangeBatch, Cursor, RemoteCalendar, RemoteObject, Skipp
 logger = logging.getLogger(__name__)
 
 
-class CollectionGone(ProviderError):
-    """The collection is not (or no longer) at that address."""
-
-
 class CalDAVProvider(Provider):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._client: caldav.DAVClient | None = None
-        self._auth = self._initial_auth()
+        password = self.credentials.get("password") or ""
+        self._dav = DAVSession(url=self.url, username=self.username, password=password)
         self._calendars: dict[str, CalendarInfo] | None = None
 
-    # --- plumbing ------------------------------------------------------------------------
+    # --- discovery client ----------------------------------------------------------------
     @property
     def client(self) -> caldav.DAVClient:
         """python-caldav, for discovery only (RFC 6764 and principal lookups)."""
@@ -87,78 +85,6 @@ class CalDAVProvider(Provider):
         # The session is shared; only forget the client.
         self._client = None
 
-    def _initial_auth(self):
-        password = self.credentials.get("password") or ""
-        if not (self.username or password):
-            return None
-        # Sent up front: asking anonymously first costs a round trip per sync, and Radicale
-        # answers anonymous requests only after a deliberate delay.
-        return niquests.auth.HTTPBasicAuth(self.username, password)
-
-    def _host(self) -> str:
-        return urlsplit(self.url).netloc.rpartition("@")[2] or self.url
-
-    def _send(self, method: str, url: str, body: str, *, depth: str | None):
-        """One request through the shared session, streamed; errors mapped to Caly's kinds."""
-        headers = {"Content-Type": "application/xml; charset=utf-8"}
-        if depth is not None:
-            headers["Depth"] = depth
-        for _attempt in range(2):
-            try:
-                response = http.session().request(
-                    method,
-                    url,
-                    data=body.encode(),
-                    headers=headers,
-                    auth=self._auth,
-                    timeout=settings.CALY_HTTP_TIMEOUT,
-                    stream=True,
-                    allow_redirects=False,
-                )
-            except niquests.exceptions.Timeout as exc:
-                raise TransientError(
-                    f"The CalDAV server at {self._host()} did not answer in time."
-                ) from exc
-            except niquests.exceptions.ConnectionError as exc:
-                raise TransientError(
-                    f"Cannot connect to the CalDAV server at {self._host()}."
-                ) from exc
-            challenge = response.headers.get("WWW-Authenticate", "").lower()
-            if (
-                response.status_code == 401
-                and "digest" in challenge
-                and "basic" not in challenge
-                and not isinstance(self._auth, niquests.auth.HTTPDigestAuth)
-                and self._auth is not None
-            ):
-                response.close()
-                self._auth = niquests.auth.HTTPDigestAuth(
-                    self.username, self.credentials.get("password") or ""
-                )
-                continue
-            break
-        status = response.status_code
-        if status == 401 or (status == 403 and method != "REPORT"):
-            response.close()
-            raise AuthError(AUTH_REFUSED)
-        if status in (429, 503) or (status >= 500 and status != 507):
-            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-            response.close()
-            raise TransientError(
-                f"The CalDAV server at {self._host()} answered HTTP {status}.",
-                retry_after=retry_after,
-            )
-        return response
-
-    def _multistatus(self, method: str, url: str, body: str, *, depth: str | None) -> Multistatus:
-        response = self._send(method, url, body, depth=depth)
-        if response.status_code != 207:
-            status = response.status_code
-            response.close()
-            error = CollectionGone if status in (404, 410) else ProviderError
-            raise error(f"{method} {urlsplit(url).path} answered HTTP {status}, expected 207.")
-        return Multistatus(response, url)
-
     # --- discovery -----------------------------------------------------------------------
     def _find_home(self) -> str:
         """Server root, principal or calendar home → the calendar home URL (RFC 6764 §5)."""
@@ -174,7 +100,7 @@ class CalDAVProvider(Provider):
                 raise TransientError("The CalDAV server asked us to slow down.") from exc
             except (niquests.exceptions.Timeout, niquests.exceptions.ConnectionError) as exc:
                 raise ConnectError(
-                    f"Cannot connect to {self._host()}: is the address right?"
+                    f"Cannot connect to {self._dav.host()}: is the address right?"
                 ) from exc
             except (caldav_error.DAVError, etree.XMLSyntaxError, ValueError) as exc:
                 # Any other answer means "no principal here": try the next candidate.
@@ -210,7 +136,7 @@ class CalDAVProvider(Provider):
     def _list_calendars(self, home: str) -> list[RemoteCalendar]:
         self._calendars = {}
         calendars = []
-        for item in self._multistatus("PROPFIND", home, CALENDAR_LIST_BODY, depth="1"):
+        for item in self._dav.multistatus("PROPFIND", home, CALENDAR_LIST_BODY, depth="1"):
             prop = item.props
             if prop is None or prop.find("d:resourcetype/c:calendar", NS) is None:
                 continue
@@ -298,7 +224,7 @@ class CalDAVProvider(Provider):
         body = SYNC_BODY.format(
             token=xml_escape(token), data="<c:calendar-data/>" if with_data else ""
         )
-        response = self._send("REPORT", url, body, depth="1")
+        response = self._dav.send("REPORT", url, body, depth="1")
         status = response.status_code
         if status != 207:
             detail = response.text[:500] if status < 500 else ""
@@ -396,7 +322,7 @@ class CalDAVProvider(Provider):
         yield from self._fetch(calendar, to_fetch, deleted, Cursor(ctag=ctag))
 
     def _ctag(self, url: str) -> str:
-        for item in self._multistatus("PROPFIND", url, CTAG_BODY, depth="0"):
+        for item in self._dav.multistatus("PROPFIND", url, CTAG_BODY, depth="0"):
             if item.props is not None and item.is_self:
                 ctag = item.props.findtext("cs:getctag", namespaces=NS) or item.etag
                 return (ctag or "").strip()
@@ -404,7 +330,7 @@ class CalDAVProvider(Provider):
 
     def _etag_listing(self, url: str) -> dict[str, str]:
         listed = {}
-        for item in self._multistatus("PROPFIND", url, ETAG_LIST_BODY, depth="1"):
+        for item in self._dav.multistatus("PROPFIND", url, ETAG_LIST_BODY, depth="1"):
             if item.status == 200 and not item.is_collection and not item.is_self:
                 listed[item.href] = item.etag
         return listed
@@ -414,7 +340,7 @@ class CalDAVProvider(Provider):
         fetched: dict[str, str] = {}
         batch = ChangeBatch()
         try:
-            answer = self._multistatus("REPORT", calendar.remote_id, QUERY_BODY, depth="1")
+            answer = self._dav.multistatus("REPORT", calendar.remote_id, QUERY_BODY, depth="1")
         except (AuthError, TransientError):
             raise
         except ProviderError as exc:
@@ -486,7 +412,7 @@ class CalDAVProvider(Provider):
         )
         batch = ChangeBatch()
         # RFC 4791 §7.9: no Depth header on calendar-multiget.
-        for item in self._multistatus("REPORT", calendar.remote_id, body, depth=None):
+        for item in self._dav.multistatus("REPORT", calendar.remote_id, body, depth=None):
             if item.status != 200 or item.data is None:
                 continue  # gone between listing and fetching; the next sync reports the deletion
             self._add_object(batch, calendar, item)

@@ -508,7 +508,7 @@ def test_a_busy_server_is_asked_again_when_its_retry_after_says(header):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from sync.providers.base import TransientError
-    from sync.providers.caldav import CalDAVProvider
+    from sync.providers.caldav.dav import DAVSession
 
     if header == "http-date":
         header = format_datetime(dt.datetime.now(UTC) + dt.timedelta(seconds=120), usegmt=True)
@@ -528,7 +528,7 @@ def test_a_busy_server_is_asked_again_when_its_retry_after_says(header):
     url = f"http://127.0.0.1:{busy.server_port}/dav/"
     try:
         with pytest.raises(TransientError, match="HTTP 503") as caught:
-            CalDAVProvider(url=url)._send("PROPFIND", url, "", depth="0")
+            DAVSession(url=url, username="", password="").send("PROPFIND", url, "", depth="0")
     finally:
         busy.shutdown()
         busy.server_close()
