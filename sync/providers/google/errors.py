@@ -6,7 +6,6 @@ import json
 import logging
 
 import google.auth.exceptions
-import google.auth.transport
 from googleapiclient.errors import HttpError
 
 from sync.backoff import retry_after_seconds
@@ -87,8 +86,3 @@ def refresh_failure(exc: google.auth.exceptions.RefreshError) -> ProviderError:
     if getattr(exc, "retryable", False):
         return TransientError("Google's token endpoint is unavailable.")
     return ProviderError(f"Google refused to renew the access token ({error or 'unknown error'}).")
-
-
-# --- Google event → RemoteEvent ---------------------------------------------------------------
-# Google's events are JSON; zones, instants, all-day ends and the recurrence lines are read with
-# the helpers the iCalendar mapping uses (`calendars.timezones`, `sync.ical`).

@@ -1,9 +1,10 @@
 """Google Calendar provider (API v3) on google-api-python-client and google-auth.
 
-Requests are built from the discovery document that ships with the client library and sent
-through Caly's pooled HTTP session with its timeout; access tokens are refreshed by google-auth
-at CALY_GOOGLE_TOKEN_URI and reused across syncs until they expire. Every request first takes a
-slot from the Google user's request budget (`sync.budget`), shared by all workers.
+Requests are built from the discovery document that ships with the client library and sent,
+as its documentation shows, through google-auth-httplib2's AuthorizedHttp (bearer token, refresh
+at CALY_GOOGLE_TOKEN_URI) onto one adapter to Caly's pooled HTTP session (`transport.Http`).
+Access tokens are reused across syncs until they expire. Every API request first takes a slot
+from the Google user's request budget (`sync.budget`), shared by all workers.
 
 Per sync of an unchanged account: one calendarList.list, and one events.list per calendar (by
 sync token). A full listing asks for 2,500 events a page, the most Google serves.
@@ -12,17 +13,17 @@ sync token). A full listing asks for 2,500 events a page, the most Google serves
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 
 import google.auth.exceptions
-import google.auth.transport
 import msgspec
 from django.conf import settings
 from google.oauth2.credentials import Credentials
+from google_auth_httplib2 import AuthorizedHttp
 from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 
@@ -43,7 +44,7 @@ from sync.providers.google.events import (
     events_decoder,
     id_of,
 )
-from sync.providers.google.transport import BytesModel, TokenTransport, Transport, token_key
+from sync.providers.google.transport import BytesModel, Http
 from sync.remote import ChangeBatch, Cursor, RemoteCalendar, RemoteObject, SkippedObject
 
 logger = logging.getLogger(__name__)
@@ -64,8 +65,12 @@ UTC = dt.UTC
 # --- access tokens ----------------------------------------------------------------------------
 # Access tokens live an hour; keeping them per process saves a token request on every sync.
 # Keyed by a digest of the refresh token, so the cache never holds a refresh token itself.
-_access_tokens: dict[str, tuple[str, dt.datetime]] = {}
-_access_lock = threading.Lock()
+_access_tokens: dict[str, tuple[str, dt.datetime | None]] = {}
+
+
+def token_key(refresh_token: str) -> str:
+    material = f"{settings.CALY_GOOGLE_CLIENT_ID}\0{refresh_token}"
+    return hashlib.sha256(material.encode()).hexdigest()
 
 
 class GoogleProvider(Provider):
@@ -75,7 +80,6 @@ class GoogleProvider(Provider):
         super().__init__(**kwargs)
         self._credentials: Credentials | None = None
         self._service = None
-        self._token_lock = threading.Lock()
         self._master_uids: dict[str, str | None] = {}
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -100,12 +104,27 @@ class GoogleProvider(Provider):
             if settings.CALY_GOOGLE_API_ENDPOINT:
                 base = settings.CALY_GOOGLE_API_ENDPOINT.rstrip("/")
                 options["api_endpoint"] = f"{base}/calendar/v3/"
+            token, expiry = _access_tokens.get(token_key(self.refresh_token), (None, None))
+            self._credentials = Credentials(
+                token=token,
+                expiry=expiry,
+                refresh_token=self.refresh_token,
+                token_uri=settings.CALY_GOOGLE_TOKEN_URI,
+                client_id=settings.CALY_GOOGLE_CLIENT_ID,
+                client_secret=settings.CALY_GOOGLE_CLIENT_SECRET,
+            )
+            # On a 401 AuthorizedHttp refreshes the token once and repeats the request.
+            authorized = AuthorizedHttp(
+                self._credentials,
+                http=Http(spend_budget=self._spend_budget),
+                max_refresh_attempts=1,
+            )
             self._service = build(
                 "calendar",
                 "v3",
                 static_discovery=True,
                 cache_discovery=False,
-                http=Transport(self),
+                http=authorized,
                 model=BytesModel(),
                 client_options=options,
             )
@@ -140,57 +159,23 @@ class GoogleProvider(Provider):
         if wait > 0:
             time.sleep(wait)
 
-    def _access_token(self) -> str:
-        with self._token_lock:
-            if self._credentials is None:
-                self._credentials = Credentials(
-                    token=None,
-                    refresh_token=self.refresh_token,
-                    token_uri=settings.CALY_GOOGLE_TOKEN_URI,
-                    client_id=settings.CALY_GOOGLE_CLIENT_ID,
-                    client_secret=settings.CALY_GOOGLE_CLIENT_SECRET,
-                )
-            credentials = self._credentials
-            if credentials.valid:
-                return credentials.token
-            key = token_key(self.refresh_token)
-            with _access_lock:
-                cached = _access_tokens.get(key)
-            if cached is not None:
-                credentials.token, credentials.expiry = cached
-                if credentials.valid:
-                    return credentials.token
-            self._refresh(credentials)
-            with _access_lock:
-                _access_tokens[key] = (credentials.token, credentials.expiry)
-            return credentials.token
-
-    def _refresh(self, credentials: Credentials) -> None:
-        try:
-            credentials.refresh(TokenTransport())
-        except google.auth.exceptions.RefreshError as exc:
-            raise refresh_failure(exc) from None
-        except google.auth.exceptions.TransportError:
-            raise TransientError("Cannot reach Google's token endpoint.") from None
-
-    def _forget_token(self, token: str) -> None:
-        with _access_lock:
-            key = token_key(self.refresh_token)
-            if _access_tokens.get(key, ("",))[0] == token:
-                del _access_tokens[key]
-        with self._token_lock:
-            if self._credentials is not None and self._credentials.token == token:
-                self._credentials.token = None
-
     def _execute(self, request, *, what: str, decoder: msgspec.json.Decoder):
         """Run one API request and decode its answer with `decoder`; failures become Caly's
         error kinds (see `errors.provider_error`)."""
+        key = token_key(self.refresh_token)
         for attempt in range(INLINE_RETRIES + 1):
             try:
                 content = request.execute()
+            except google.auth.exceptions.RefreshError as exc:
+                _access_tokens.pop(key, None)
+                raise refresh_failure(exc) from None
             except HttpError as exc:
                 failure = provider_error(exc, what=what)
             else:
+                failure = None
+            # The access token the request went with (refreshed, perhaps) serves the next sync.
+            _access_tokens[key] = (self._credentials.token, self._credentials.expiry)
+            if failure is None:
                 try:
                     return decoder.decode(content)
                 except msgspec.DecodeError as exc:
@@ -395,6 +380,3 @@ class _InstanceIndex:
 
     def of(self, master_id: str) -> list[str]:
         return sorted(self._build().get(master_id, ()))
-
-
-# --- errors -----------------------------------------------------------------------------------

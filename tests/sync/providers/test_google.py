@@ -18,6 +18,7 @@ from django.test.utils import CaptureQueriesContext
 
 from calendars.models import Account, Event
 from sync import selectors, services
+from sync.budget import budget_spend
 from sync.ical import parse_object
 from sync.providers import provider_for
 from sync.providers.base import AuthError, ProviderError, TransientError
@@ -381,6 +382,53 @@ def test_access_token_is_reused_by_the_next_sync(google, google_settings):
     sync(account)
     sync(account)
     assert len(google.token_requests) == tokens_before
+
+
+def test_a_second_401_after_the_refresh_asks_to_reconnect(google, google_settings):
+    user = google.add_user()
+    account = connect(user)
+    api_before, tokens_before = len(google.api_requests(user)), len(google.token_requests)
+    google.inject(user, status=401, method=None, times=2)
+    with pytest.raises(AuthError, match="refused Caly's access.*Reconnect"):
+        sync(account)
+    # One refresh and one repeat, no loop.
+    assert [r.status for r in google.api_requests(user)[api_before:]] == [401, 401]
+    assert [r[2] for r in google.token_requests[tokens_before:]] == ["ok"]
+
+
+def test_every_api_request_takes_a_budget_slot_token_requests_none(
+    google, google_settings, monkeypatch
+):
+    from sync.providers.google import provider as google_provider
+
+    spent = []
+
+    def spend(**kwargs):
+        spent.append(kwargs["key"])
+        return budget_spend(**kwargs)
+
+    monkeypatch.setattr(google_provider, "budget_spend", spend)
+    user = google.add_user()
+    google.insert_event(user, summary="One")
+    account = connect(user)
+    google.expire_access_tokens(user)
+    api_before, tokens_before = len(google.api_requests()), len(google.token_requests)
+    spent.clear()
+    sync(account)
+    sent = google.api_requests()[api_before:]  # the refused one carries no known user
+    assert [r.status for r in sent][:2] == [401, 200]  # refused, refreshed, repeated
+    assert len(google.token_requests) - tokens_before == 1
+    assert spent == [f"google:{user.email}"] * len(sent)
+
+
+def test_unreachable_token_endpoint_is_transient(google, google_settings):
+    google_settings.CALY_HTTP_TIMEOUT = 0.5
+    user = google.add_user()
+    account = connect(user)
+    google.expire_access_tokens(user)
+    google.inject(user, status=None, delay=2, method="token")
+    with pytest.raises(TransientError, match="Cannot reach Google's token endpoint"):
+        sync(account)
 
 
 # --- quotas and faults ------------------------------------------------------------------------
