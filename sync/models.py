@@ -10,6 +10,7 @@ from django_celery_results.models import TaskResult
 
 from calendars.models import Account
 from caly.scrub import scrub
+from sync import sql
 
 
 class SyncRun(models.Model):
@@ -163,24 +164,7 @@ class TaskHistoryManager(TaskResultManager):
         # Every task writes this row: the statement is written out, since building it through
         # bulk_create costs more CPU than PostgreSQL takes to run it (bench/RESULTS.md, queue).
         with connection.cursor() as cursor:
-            cursor.execute(TASK_HISTORY_UPSERT, [task_id, *values.values(), now, now, started])
-
-
-TASK_HISTORY_UPSERT = """
-    INSERT INTO django_celery_results_taskresult (
-        task_id, status, result, traceback, meta, content_encoding, content_type,
-        periodic_task_name, task_name, task_args, task_kwargs, worker,
-        date_done, date_created, date_started
-    ) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-    ON CONFLICT (task_id) DO UPDATE SET
-        status = EXCLUDED.status, result = EXCLUDED.result, traceback = EXCLUDED.traceback,
-        meta = EXCLUDED.meta, content_encoding = EXCLUDED.content_encoding,
-        content_type = EXCLUDED.content_type,
-        periodic_task_name = EXCLUDED.periodic_task_name, task_name = EXCLUDED.task_name,
-        task_args = EXCLUDED.task_args, task_kwargs = EXCLUDED.task_kwargs,
-        worker = EXCLUDED.worker, date_done = EXCLUDED.date_done,
-        date_started = COALESCE(EXCLUDED.date_started, django_celery_results_taskresult.date_started)
-"""
+            cursor.execute(sql.TASK_HISTORY_UPSERT, [task_id, *values.values(), now, now, started])
 
 
 def _scrub_json(text: str) -> str:

@@ -14,12 +14,13 @@ import math
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, Subquery
 from django.utils import timezone
 
 from calendars.models import Account, Calendar
-from sync.leases import lease_alive, lease_lock, lease_release, lease_take
+from sync import sql
+from sync.leases import lease_alive, lease_lock, lease_release, lease_take, lease_token, lease_ttl
 from sync.models import SyncLease, SyncRun
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,10 @@ class Counts:
         return {"calendars_total": self.calendars_total, "calendars_done": self.calendars_done}
 
 
+# What an ending may record on its account (`Ending.account`, `Counts.account`).
+ACCOUNT_ENDING_FIELDS = ("status", "last_error", "last_synced_at", "home_url")
+
+
 @dataclass(frozen=True)
 class Ending:
     """How a run ends: its final state and error, and what to record on its account."""
@@ -84,11 +89,14 @@ class Ending:
     account: dict = field(default_factory=dict)
 
 
+# A retry whose message comes this much before its time is run at once.
+RETRY_EARLY = dt.timedelta(seconds=0.5)
+
+
 def _seconds_until(when: dt.datetime, now: dt.datetime) -> int:
     return max(1, math.ceil((when - now).total_seconds()))
 
 
-@transaction.atomic
 def run_claim(
     *, run_id: int, task_id: str = "", worker: str = "", received_at: dt.datetime | None = None
 ) -> Claim:
@@ -98,6 +106,45 @@ def run_claim(
     start-order promise goes (the claim itself may wait for the database).
     """
     now = timezone.now()
+    started_at = min(received_at or now, now)
+    if sql.in_use():
+        claim = _claim_by_sql(
+            run_id=run_id, task_id=task_id, worker=worker, now=now, started_at=started_at
+        )
+        if claim is not None:
+            return claim
+    return _claim(run_id=run_id, task_id=task_id, worker=worker, now=now, started_at=started_at)
+
+
+def _claim_by_sql(
+    *, run_id: int, task_id: str, worker: str, now: dt.datetime, started_at: dt.datetime
+) -> Claim | None:
+    """The common claim (the lease free, the run queued and due) in one statement, `sql.CLAIM`;
+    None for any other case, with nothing changed."""
+    token = lease_token(run_id=run_id, worker=worker)
+    params = {
+        "run": run_id,
+        "holder": token,
+        "now": now,
+        "expires_at": now + lease_ttl(),
+        "started_at": started_at,
+        "task_id": task_id,
+        "due_by": now + RETRY_EARLY,
+    }
+    with transaction.atomic():
+        run = next(iter(SyncRun.objects.raw(sql.CLAIM, params)), None)
+        if run is None:  # the lease may have been taken for a run that was not claimable
+            transaction.set_rollback(True)
+            return None
+        run.account = next(iter(Account.objects.raw(sql.ACCOUNT, [run.account_id])))
+    return Claim(ClaimOutcome.ACQUIRED, run, token=token)
+
+
+@transaction.atomic
+def _claim(
+    *, run_id: int, task_id: str, worker: str, now: dt.datetime, started_at: dt.datetime
+) -> Claim:
+    """Every case of a claim, by the ORM, with the account's lease and then the run locked."""
     of_run = SyncRun.objects.filter(pk=run_id).values("account_id")
     # The lease of the run's account, locked, in one statement; a first sync adds the row.
     lease = SyncLease.objects.select_for_update().filter(account_id=Subquery(of_run)).first()
@@ -119,7 +166,7 @@ def run_claim(
             return Claim(ClaimOutcome.LATER, run, delay=_seconds_until(lease.expires_at, now) + 1)
         if not run_recover_interrupted(run=run, now=now):
             return Claim(ClaimOutcome.DONE, run)
-    if run.retry_at and run.retry_at > now + dt.timedelta(seconds=0.5):
+    if run.retry_at and run.retry_at > now + RETRY_EARLY:
         return Claim(ClaimOutcome.LATER, run, delay=_seconds_until(run.retry_at, now))
     if alive:
         if not run.deferred:
@@ -129,7 +176,7 @@ def run_claim(
     token = lease_take(lease=lease, run=run, worker=worker, now=now)
     run.state = SyncRun.State.RUNNING
     # The first start is the one the order promise is about.
-    run.started_at = run.started_at or min(received_at or now, now)
+    run.started_at = run.started_at or started_at
     run.attempts += 1
     run.deferred = False
     run.retry_at = None
@@ -179,6 +226,8 @@ def run_end(
     gone), and a deferred run of the account that is now due, for the caller to publish.
     """
     now = timezone.now()
+    if ending is not None and sql.in_use():
+        return _end_by_sql(run=run, counts=counts, token=token, ending=ending, now=now)
     with transaction.atomic():
         lease_release(account_id=run.account_id, token=token)
         if counts.calendars_unchanged:
@@ -199,6 +248,35 @@ def run_end(
                 )
             )
     return recorded, run_hand_over(account_id=run.account_id)
+
+
+def _end_by_sql(
+    *, run: SyncRun, counts: Counts, token: str, ending: Ending, now: dt.datetime
+) -> tuple[bool, SyncRun | None]:
+    """`run_end` with an ending, in the two statements of `sql.LEASE_RELEASE` and `sql.END`."""
+    account = {**counts.account, **ending.account}
+    params = {
+        "run": run.pk,
+        "account": run.account_id,
+        "holder": token,
+        "now": now,
+        "unchanged": counts.calendars_unchanged,
+        **{name: account.get(name) for name in ACCOUNT_ENDING_FIELDS},
+        "state": ending.state,
+        "error": ending.error,
+        "events_unrecorded": counts.events_unrecorded,
+        **counts.calendar_counts(),
+        **counts.event_counts(),
+    }
+    if set(account) - set(ACCOUNT_ENDING_FIELDS):
+        raise ValueError(
+            f"sql.END does not write {sorted(set(account) - set(ACCOUNT_ENDING_FIELDS))}"
+        )
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql.LEASE_RELEASE, params)
+        cursor.execute(sql.END, params)
+        recorded, handed_over = cursor.fetchone()
+    return recorded, SyncRun.objects.get(pk=handed_over) if handed_over else None
 
 
 def run_hand_over(*, account_id: int) -> SyncRun | None:

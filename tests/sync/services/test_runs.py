@@ -53,8 +53,9 @@ def test_a_first_sync_reads_no_stored_events_before_its_first_batch_a_no_change_
 
     again, again_sql = sync()
     assert (again.state, again.counts["created"], again.counts["updated"]) == ("succeeded", 0, 0)
-    # An unchanged CTag: the stored etags are not read.
-    assert len(again_sql) == 11, "\n".join(again_sql)
+    # An unchanged CTag: the stored etags are not read. The claim and its account, the
+    # calendars, the progress past discovery, the lease given back and the rest of the ending.
+    assert len(again_sql) == 6, "\n".join(again_sql)
     assert not any('"calendars_event"' in sql for sql in again_sql)
 
 
@@ -88,3 +89,64 @@ def test_a_run_starts_when_a_worker_slot_took_its_message_not_when_its_thread_go
 
     run.refresh_from_db()
     assert before <= run.started_at <= taken
+
+
+def _sync_story(account: Account) -> list[tuple]:
+    """A first sync, a no-change one, one whose account is taken over by a deferred run, and
+    one the server refuses; what each left on the run, the account and its lease."""
+    from sync import states
+    from sync.providers.base import AuthError
+    from tests.support.fake_provider import FakeProvider
+
+    def request() -> SyncRun:
+        return services.sync_request_account(account=account, trigger="api", publish=False)
+
+    def seen(run_id: int) -> tuple:
+        run = SyncRun.objects.get(pk=run_id)
+        account.refresh_from_db()
+        lease = SyncLease.objects.get(account=account)
+        return (
+            (run.state, run.error, run.attempts, run.deferred, run.published_at is None),
+            (run.created, run.updated, run.deleted, run.events_processed),
+            (run.calendars_total, run.calendars_done, run.finished_at is not None),
+            (account.status, account.last_error, account.last_synced_at is not None),
+            (lease.holder, lease.run_id, lease.expires_at),
+        )
+
+    story = []
+    for _ in range(2):
+        story.append(seen(services.sync_run_execute(run_id=request().pk).run))
+    first = request()
+    claim = states.run_claim(run_id=first.pk)
+    follow_up = request()  # the first is running now: this one is queued behind it
+    assert states.run_claim(run_id=follow_up.pk).outcome is states.ClaimOutcome.DEFERRED
+    ending = states.Ending(SyncRun.State.SUCCEEDED)
+    recorded, handed_over = states.run_end(
+        run=claim.run, counts=states.Counts(), token=claim.token, ending=ending
+    )
+    story += [seen(first.pk), seen(follow_up.pk), (recorded, handed_over.pk == follow_up.pk)]
+    refused = AuthError("The server refused the password. Reconnect the account.")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FakeProvider, "discover", lambda self: (_ for _ in ()).throw(refused))
+        story.append(seen(services.sync_run_execute(run_id=follow_up.pk).run))
+    return story
+
+
+def test_the_written_out_statements_record_runs_as_the_orm_does(monkeypatch):
+    from sync import sql
+
+    assert sql.in_use()  # the suite runs on PostgreSQL
+    by_sql = _sync_story(fake_account("sql", events=4, batches=2))
+    monkeypatch.setattr(sql, "in_use", lambda: False)
+    by_orm = _sync_story(fake_account("orm", events=4, batches=2))
+
+    assert by_sql == by_orm
+    # ...and what they record is what a user expects of that story.
+    first, no_change, taken_over, handed_over, (recorded, is_follow_up), refused = by_sql
+    assert first[0][0] == no_change[0][0] == taken_over[0][0] == "succeeded"
+    assert first[1] == (4, 0, 0, 4) and no_change[1] == (0, 0, 0, 0)
+    assert (recorded, is_follow_up) == (True, True)
+    assert handed_over[0] == ("queued", "", 0, False, True)  # due, for the caller to publish
+    assert refused[0][:2] == ("failed", "The server refused the password. Reconnect the account.")
+    assert refused[3][:2] == ("needs_reauth", refused[0][1])
+    assert refused[4] == ("", None, None)  # the lease is free again

@@ -1,0 +1,108 @@
+"""The few statements written out in SQL, for PostgreSQL: the hot path of every sync.
+
+Each statement does what a short ORM sequence in `sync.states` (or `sync.models`) also does, and
+that ORM code is what runs everywhere else (SQLite, and every uncommon case). They are written
+out because building and compiling querysets costs a no-change sync several times the CPU the
+statements themselves take (bench/RESULTS.md, "queue"). Parameters are named, so each statement
+reads on its own; nothing here is built at run time.
+"""
+
+from __future__ import annotations
+
+from django.db import connection
+
+
+def in_use() -> bool:
+    return connection.vendor == "postgresql"
+
+
+# A run's claim in the common case: the account's lease is free and the run is queued and due.
+# It takes the lease (the lease row is locked first, as everywhere) and marks the run running.
+# No row back: the lease was busy or the run not claimable; the caller rolls back whatever the
+# statement did and takes the ORM path of `sync.states.run_claim`, which covers every case.
+CLAIM = """
+    WITH lease AS (
+        UPDATE sync_synclease
+        SET holder = %(holder)s, run_id = %(run)s, expires_at = %(expires_at)s
+        WHERE account_id = (SELECT account_id FROM sync_syncrun WHERE id = %(run)s)
+          AND (holder = '' OR expires_at IS NULL OR expires_at <= %(now)s)
+        RETURNING account_id
+    )
+    UPDATE sync_syncrun AS run
+    SET state = 'running',
+        started_at = COALESCE(run.started_at, %(started_at)s),
+        attempts = run.attempts + 1,
+        deferred = false,
+        retry_at = NULL,
+        task_id = CASE WHEN %(task_id)s = '' THEN run.task_id ELSE %(task_id)s END
+    FROM lease
+    WHERE run.id = %(run)s
+      AND run.account_id = lease.account_id
+      AND run.state = 'queued'
+      AND (run.retry_at IS NULL OR run.retry_at <= %(due_by)s)
+    RETURNING run.*
+"""
+
+# The account a claimed run syncs, read with it.
+ACCOUNT = "SELECT * FROM calendars_account WHERE id = %s"
+
+# The lease given back at a run's end, if `holder` still holds it; the first statement of the
+# ending's transaction, so that the lease row is locked before any run.
+LEASE_RELEASE = """
+    UPDATE sync_synclease SET holder = '', run_id = NULL, expires_at = NULL
+    WHERE account_id = %(account)s AND holder = %(holder)s
+"""
+
+# The rest of a run's ending, after LEASE_RELEASE: the calendars found unchanged, what the run
+# learnt about its account (a NULL parameter keeps the column as it is), the run's final state
+# and counts, and the account's deferred queued run made due (handed over). Answers whether the
+# run was still there, and the handed-over run's id or NULL.
+END = """
+    WITH unchanged AS (
+        UPDATE calendars_calendar SET last_synced_at = %(now)s
+        WHERE id = ANY(%(unchanged)s::bigint[])
+    ), account AS (
+        UPDATE calendars_account
+        SET status = COALESCE(%(status)s, status),
+            last_error = COALESCE(%(last_error)s, last_error),
+            last_synced_at = COALESCE(%(last_synced_at)s, last_synced_at),
+            home_url = COALESCE(%(home_url)s, home_url)
+        WHERE id = %(account)s
+    ), ended AS (
+        UPDATE sync_syncrun
+        SET state = %(state)s,
+            finished_at = %(now)s,
+            error = %(error)s,
+            events_processed = events_processed + %(events_unrecorded)s,
+            calendars_total = %(calendars_total)s,
+            calendars_done = %(calendars_done)s,
+            created = %(created)s,
+            updated = %(updated)s,
+            deleted = %(deleted)s
+        WHERE id = %(run)s
+        RETURNING id
+    ), handed_over AS (
+        UPDATE sync_syncrun SET deferred = false, published_at = NULL
+        WHERE account_id = %(account)s AND state = 'queued' AND deferred
+        RETURNING id
+    )
+    SELECT EXISTS (SELECT FROM ended), (SELECT id FROM handed_over)
+"""
+
+# Every task's row in the task history (`sync.models.TaskHistoryManager`); bulk_create builds
+# the same upsert elsewhere.
+TASK_HISTORY_UPSERT = """
+    INSERT INTO django_celery_results_taskresult (
+        task_id, status, result, traceback, meta, content_encoding, content_type,
+        periodic_task_name, task_name, task_args, task_kwargs, worker,
+        date_done, date_created, date_started
+    ) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    ON CONFLICT (task_id) DO UPDATE SET
+        status = EXCLUDED.status, result = EXCLUDED.result, traceback = EXCLUDED.traceback,
+        meta = EXCLUDED.meta, content_encoding = EXCLUDED.content_encoding,
+        content_type = EXCLUDED.content_type,
+        periodic_task_name = EXCLUDED.periodic_task_name, task_name = EXCLUDED.task_name,
+        task_args = EXCLUDED.task_args, task_kwargs = EXCLUDED.task_kwargs,
+        worker = EXCLUDED.worker, date_done = EXCLUDED.date_done,
+        date_started = COALESCE(EXCLUDED.date_started, django_celery_results_taskresult.date_started)
+"""
