@@ -16,16 +16,18 @@ def in_use() -> bool:
     return connection.vendor == "postgresql"
 
 
-# A run's claim in the common case: the account's lease is free and the run is queued and due.
-# It takes the lease (the lease row is locked first, as everywhere) and marks the run running.
-# No row back: the lease was busy or the run not claimable; the caller rolls back whatever the
-# statement did and takes the ORM path of `sync.states.run_claim`, which covers every case.
+# A run's claim in the common case: the account's lease is free (or the account has none yet:
+# its first sync) and the run is queued and due. It takes the lease (the lease row is locked
+# first, as everywhere) and marks the run running. No row back: the lease was busy or the run
+# not claimable; the caller rolls back whatever the statement did and takes the ORM path of
+# `sync.states.run_claim`, which covers every case.
 CLAIM = """
     WITH lease AS (
-        UPDATE sync_synclease
-        SET holder = %(holder)s, run_id = %(run)s, expires_at = %(expires_at)s
-        WHERE account_id = (SELECT account_id FROM sync_syncrun WHERE id = %(run)s)
-          AND (holder = '' OR expires_at IS NULL OR expires_at <= %(now)s)
+        INSERT INTO sync_synclease AS lease (account_id, holder, run_id, expires_at)
+        SELECT account_id, %(holder)s, id, %(expires_at)s FROM sync_syncrun WHERE id = %(run)s
+        ON CONFLICT (account_id) DO UPDATE
+        SET holder = EXCLUDED.holder, run_id = EXCLUDED.run_id, expires_at = EXCLUDED.expires_at
+        WHERE lease.holder = '' OR lease.expires_at IS NULL OR lease.expires_at <= %(now)s
         RETURNING account_id
     )
     UPDATE sync_syncrun AS run
