@@ -113,7 +113,9 @@ def run(info: dict) -> None:
     (remote,) = provider.discover()
 
     def provider_paging() -> int:
-        return sum(len(b.objects) for b in provider.changes(remote, cursor=Cursor(), known={}))
+        return sum(
+            len(b.objects) for b in provider.changes(remote, cursor=Cursor(), stored_etags=dict)
+        )
 
     provider_paging()
     raw_times, provider_times = [], []

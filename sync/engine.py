@@ -65,15 +65,20 @@ def normalize_href(href: str) -> str:
     return unquote(href)
 
 
+def changed_hrefs(known: Mapping[str, str], listed: Mapping[str, str]) -> list[str]:
+    """Of a remote listing href→etag, the hrefs whose object differs from the stored one: new,
+    another etag, or no etag to tell by. Every provider decides what to fetch with this."""
+    known_n = {normalize_href(h): e for h, e in known.items()}
+    return [h for h, e in listed.items() if not e or known_n.get(normalize_href(h)) != e]
+
+
 def listing_diff(
     known: Mapping[str, str], listed: Mapping[str, str]
 ) -> tuple[list[str], list[str]]:
     """From stored href→etag and a full remote listing href→etag: hrefs to fetch, hrefs gone."""
-    known_n = {normalize_href(h): e for h, e in known.items()}
-    listed_n = {normalize_href(h): (h, e) for h, e in listed.items()}
-    to_fetch = [h for n, (h, e) in listed_n.items() if known_n.get(n) != e]
+    listed_n = {normalize_href(h) for h in listed}
     gone = [h for h in known if normalize_href(h) not in listed_n]
-    return to_fetch, gone
+    return changed_hrefs(known, listed), gone
 
 
 def empty_listing_confirmed(*, second_listing: int, state_changed: bool | None) -> bool:

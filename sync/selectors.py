@@ -4,7 +4,6 @@ the etags a sync compares with."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Mapping
 
 from django.conf import settings
 from django.db.models import (
@@ -104,28 +103,7 @@ def account_next_sync(*, account: Account, now: dt.datetime | None = None) -> dt
     return account.last_attempt + dt.timedelta(minutes=settings.CALY_RESYNC_MINUTES)
 
 
-class StoredEtags(Mapping):
-    """The stored etag of each href of a calendar, read when first looked at.
-
-    A sync that finds nothing changed (an unchanged CTag, an empty sync-collection report or
-    Google page) never looks, and reads none of them.
-    """
-
-    def __init__(self, calendar_id: int):
-        self.calendar_id = calendar_id
-        self._etags: dict[str, str] | None = None
-
-    def _read(self) -> dict[str, str]:
-        if self._etags is None:
-            etags = Event.objects.filter(calendar_id=self.calendar_id).values_list("href", "etag")
-            self._etags = dict(etags.order_by().distinct())
-        return self._etags
-
-    def __getitem__(self, href: str) -> str:
-        return self._read()[href]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._read())
-
-    def __len__(self) -> int:
-        return len(self._read())
+def stored_etags(*, calendar_id: int) -> dict[str, str]:
+    """The stored etag of each href of a calendar: what a sync compares a listing with."""
+    etags = Event.objects.filter(calendar_id=calendar_id).values_list("href", "etag")
+    return dict(etags.order_by().distinct())

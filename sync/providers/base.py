@@ -7,10 +7,15 @@ become the plain data of `sync.remote`, which the engine and the services work o
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from caly.scrub import scrub
 from sync.remote import ChangeBatch, Cursor, RemoteCalendar
+
+# The stored href → etag of a calendar, read when called (once: the answer is kept for the
+# sync). A sync that compares nothing (an unchanged CTag, an empty list of changes) never calls
+# it, and so reads none of them.
+StoredEtags = Callable[[], Mapping[str, str]]
 
 
 class ProviderError(Exception):
@@ -61,12 +66,13 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     def changes(
-        self, calendar: RemoteCalendar, *, cursor: Cursor, known: Mapping[str, str]
+        self, calendar: RemoteCalendar, *, cursor: Cursor, stored_etags: StoredEtags
     ) -> Iterator[ChangeBatch]:
         """What changed in `calendar` since `cursor`, in batches.
 
-        `known` maps each stored href to its etag, so a full listing only fetches what differs
-        and reports what disappeared. The last batch carries the new cursor.
+        `stored_etags()` gives each stored href's etag, for `engine.changed_hrefs` and
+        `engine.listing_diff` to say what to fetch and what disappeared; call it only when
+        there is something to compare. The last batch carries the new cursor.
         """
 
     def close(self) -> None:  # noqa: B027 - optional hook; most providers hold nothing

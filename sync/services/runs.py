@@ -4,6 +4,7 @@ and record how it ended (called by the `sync.run_sync` task)."""
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import time
 import uuid
@@ -254,8 +255,13 @@ def _sync_calendar(
     # A calendar this sync added has no events to read until its first batch is stored.
     nothing_stored = added
     cursor = Cursor(sync_token=calendar.sync_token, ctag=calendar.ctag)
-    known = {} if nothing_stored else selectors.StoredEtags(calendar.pk)
-    for batch in provider.changes(remote, cursor=cursor, known=known):
+    if nothing_stored:
+        stored_etags = dict  # nothing to compare with
+    else:  # read when the provider first asks, then kept for this sync
+        stored_etags = functools.cache(
+            functools.partial(selectors.stored_etags, calendar_id=calendar.pk)
+        )
+    for batch in provider.changes(remote, cursor=cursor, stored_etags=stored_etags):
         _checkpoint(heartbeat=heartbeat, deadline=deadline)
         plan = events_apply(calendar=calendar, batch=batch, nothing_stored=nothing_stored)
         nothing_stored = nothing_stored and not (batch.objects or batch.deleted_hrefs)

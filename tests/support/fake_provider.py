@@ -23,10 +23,11 @@ import datetime as dt
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
-from sync.providers.base import Provider, TransientError
+from sync.engine import listing_diff
+from sync.providers.base import Provider, StoredEtags, TransientError
 from sync.remote import ChangeBatch, Cursor, RemoteCalendar, RemoteEvent, RemoteObject
 
 LOG_ENV = "CALY_FAKE_PROVIDER_LOG"
@@ -83,7 +84,7 @@ class FakeProvider(Provider):
         return [RemoteCalendar(remote_id=f"http://fake.invalid/{self.key}/cal/", name="Fake")]
 
     def changes(
-        self, calendar: RemoteCalendar, *, cursor: Cursor, known: Mapping[str, str]
+        self, calendar: RemoteCalendar, *, cursor: Cursor, stored_etags: StoredEtags
     ) -> Iterator[ChangeBatch]:
         ctag = str(self.events)
         if cursor.ctag == ctag:  # like a CalDAV server whose CTag did not move: one request
@@ -91,8 +92,7 @@ class FakeProvider(Provider):
             yield ChangeBatch(cursor=Cursor(ctag=ctag))
             return
         listed = {f"/{self.key}/cal/e{i}.ics": '"1"' for i in range(self.events)}
-        wanted = [h for h, etag in listed.items() if known.get(h) != etag]
-        gone = [h for h in known if h not in listed]
+        wanted, gone = listing_diff(stored_etags(), listed)
         # Like a real server: a full calendar takes `batches` requests, what is left fewer.
         per_batch = max(-(-self.events // self.batches), 1)
         batches = max(-(-len(wanted) // per_batch), 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sync.engine import (
     StoredEvent,
+    changed_hrefs,
     empty_listing_confirmed,
     listing_diff,
     plan_changes,
@@ -77,6 +78,18 @@ def test_href_spellings_match():
         {"/c/me%40example.com.ics": '"1"', "/c/new.ics": '"1"'},
     )
     assert (to_fetch, gone) == (["/c/new.ics"], ["/c/old.ics"])
+
+
+def test_what_to_fetch_is_what_is_new_changed_or_cannot_be_told_apart():
+    stored = {"/c/same.ics": '"1"', "/c/edited.ics": '"1"', "/c/no-etag.ics": ""}
+    listed = {
+        "/c/same.ics": '"1"',
+        "/c/edited.ics": '"2"',
+        "/c/no-etag.ics": "",  # a server that sends no etag: no way to tell, so fetch it
+        "/c/new.ics": '"1"',
+    }
+    assert changed_hrefs(stored, listed) == ["/c/edited.ics", "/c/no-etag.ics", "/c/new.ics"]
+    assert changed_hrefs(stored, {}) == []
 
 
 def test_empty_listing_needs_the_server_to_confirm_it():

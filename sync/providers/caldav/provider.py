@@ -27,9 +27,16 @@ from django.conf import settings
 from lxml import etree
 
 from sync import http
-from sync.engine import empty_listing_confirmed, listing_diff, normalize_href
+from sync.engine import changed_hrefs, empty_listing_confirmed, listing_diff, normalize_href
 from sync.ical import MalformedObject, parse_object
-from sync.providers.base import AuthError, ConnectError, Provider, ProviderError, TransientError
+from sync.providers.base import (
+    AuthError,
+    ConnectError,
+    Provider,
+    ProviderError,
+    StoredEtags,
+    TransientError,
+)
 from sync.providers.caldav.dav import (
     AUTH_REFUSED,
     CALENDAR_LIST_BODY,
@@ -170,7 +177,7 @@ class CalDAVProvider(Provider):
 
     # --- changes -------------------------------------------------------------------------
     def changes(
-        self, calendar: RemoteCalendar, *, cursor: Cursor, known: Mapping[str, str]
+        self, calendar: RemoteCalendar, *, cursor: Cursor, stored_etags: StoredEtags
     ) -> Iterator[ChangeBatch]:
         if self._calendars is None:
             self._list_calendars(self.home_url or self._find_home())
@@ -178,7 +185,9 @@ class CalDAVProvider(Provider):
         supports_sync = info.supports_sync if info is not None else None
         if supports_sync is not False:
             try:
-                yield from self._changes_by_sync_token(calendar, cursor=cursor, known=known)
+                yield from self._changes_by_sync_token(
+                    calendar, cursor=cursor, stored_etags=stored_etags
+                )
                 return
             except SyncReportFailed as exc:
                 logger.info(
@@ -186,10 +195,10 @@ class CalDAVProvider(Provider):
                     urlsplit(calendar.remote_id).path,
                     exc,
                 )
-        yield from self._changes_by_ctag(calendar, cursor=cursor, known=known)
+        yield from self._changes_by_ctag(calendar, cursor=cursor, stored_etags=stored_etags)
 
     # sync-collection (RFC 6578)
-    def _changes_by_sync_token(self, calendar, *, cursor, known) -> Iterator[ChangeBatch]:
+    def _changes_by_sync_token(self, calendar, *, cursor, stored_etags) -> Iterator[ChangeBatch]:
         url = calendar.remote_id
         if cursor.sync_token:
             try:
@@ -200,16 +209,12 @@ class CalDAVProvider(Provider):
                 )
             else:
                 # Nothing listed: the stored etags are not even read.
-                known_n = (
-                    {normalize_href(h): e for h, e in known.items()} if listing.changed else {}
-                )
-                to_fetch = [
-                    h for h, e in listing.changed.items() if not e or known_n.get(unquote(h)) != e
-                ]
+                to_fetch = changed_hrefs(stored_etags(), listing.changed) if listing.changed else []
                 yield from self._fetch(
                     calendar, to_fetch, listing.deleted, Cursor(sync_token=listing.token)
                 )
                 return
+        known = stored_etags()
         if not known:
             yield from self._initial_by_sync(calendar)
             return
@@ -306,12 +311,13 @@ class CalDAVProvider(Provider):
         yield from self._fetch(calendar, missing, deleted, Cursor(sync_token=answer.token))
 
     # servers without sync-collection: ctag, then etags
-    def _changes_by_ctag(self, calendar, *, cursor, known) -> Iterator[ChangeBatch]:
+    def _changes_by_ctag(self, calendar, *, cursor, stored_etags) -> Iterator[ChangeBatch]:
         url = calendar.remote_id
         ctag = self._ctag(url)
         if ctag and ctag == cursor.ctag and not cursor.sync_token:
             yield ChangeBatch(cursor=Cursor(ctag=ctag))
             return
+        known = stored_etags()
         if not known:
             yield from self._initial_by_query(calendar, Cursor(ctag=ctag))
             return

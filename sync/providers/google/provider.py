@@ -17,7 +17,7 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 import google.auth.exceptions
 import msgspec
@@ -29,7 +29,15 @@ from googleapiclient.errors import HttpError
 
 from sync.backoff import backoff
 from sync.budget import BudgetExhausted, budget_spend
-from sync.providers.base import AuthError, ConnectError, Provider, ProviderError, TransientError
+from sync.engine import changed_hrefs
+from sync.providers.base import (
+    AuthError,
+    ConnectError,
+    Provider,
+    ProviderError,
+    StoredEtags,
+    TransientError,
+)
 from sync.providers.google.errors import (
     RECONNECT,
     NotFound,
@@ -225,21 +233,23 @@ class GoogleProvider(Provider):
 
     # --- changes ----------------------------------------------------------------------------
     def changes(
-        self, calendar: RemoteCalendar, *, cursor: Cursor, known: Mapping[str, str]
+        self, calendar: RemoteCalendar, *, cursor: Cursor, stored_etags: StoredEtags
     ) -> Iterator[ChangeBatch]:
         if cursor.sync_token:
             try:
-                yield from self._listing(calendar, sync_token=cursor.sync_token, known=known)
+                yield from self._listing(
+                    calendar, sync_token=cursor.sync_token, stored_etags=stored_etags
+                )
                 return
             except SyncTokenExpired:
                 logger.info(
                     "sync token of Google calendar %s expired; listing it in full",
                     calendar.remote_id,
                 )
-        yield from self._listing(calendar, sync_token="", known=known)
+        yield from self._listing(calendar, sync_token="", stored_etags=stored_etags)
 
     def _listing(
-        self, calendar: RemoteCalendar, *, sync_token: str, known: Mapping[str, str]
+        self, calendar: RemoteCalendar, *, sync_token: str, stored_etags: StoredEtags
     ) -> Iterator[ChangeBatch]:
         """Every page of events.list, one batch each; the last batch carries nextSyncToken.
 
@@ -248,7 +258,7 @@ class GoogleProvider(Provider):
         """
         full = not sync_token
         listed: set[str] = set()
-        instances = _InstanceIndex(known)
+        instances = _InstanceIndex(stored_etags)
         page_token = None
         while True:
             request = self.service.events().list(
@@ -265,12 +275,13 @@ class GoogleProvider(Provider):
                         "Google ended a full listing with HTTP 410; it starts again."
                     ) from None
                 raise
-            batch = self._batch(calendar, page.items, known, listed, instances)
+            batch = self._batch(calendar, page.items, stored_etags, listed, instances)
             page_token = page.next_page_token
             if page_token:
                 yield batch
                 continue
             if full:
+                known = stored_etags()
                 if known and not listed:
                     self._confirm_empty(calendar)
                 batch.deleted_hrefs += [h for h in known if h not in listed]
@@ -295,8 +306,9 @@ class GoogleProvider(Provider):
                 "nothing was deleted, the sync is tried again."
             )
 
-    def _batch(self, calendar, items, known, listed, instances) -> ChangeBatch:
+    def _batch(self, calendar, items, stored_etags, listed, instances) -> ChangeBatch:
         batch = ChangeBatch()
+        decoded = []
         for raw in items:
             try:
                 item = events_decoder.decode(raw)
@@ -307,13 +319,15 @@ class GoogleProvider(Provider):
                     reason = f"unreadable Google event: {exc}"
                     batch.skipped.append(SkippedObject(href=href, reason=reason[:300]))
                 continue
-            href = item.id
-            if not href:
-                continue
-            listed.add(href)
-            etag = item.etag
-            if etag and known.get(href) == etag:
-                continue  # unchanged since it was stored
+            if item.id:
+                listed.add(item.id)
+                decoded.append((raw, item))
+        if decoded:  # an empty page of changes reads no stored etags
+            page = {item.id: item.etag for _, item in decoded}
+            changed = set(changed_hrefs(stored_etags(), page))
+            decoded = [(raw, item) for raw, item in decoded if item.id in changed]
+        for raw, item in decoded:
+            href, etag = item.id, item.etag
             master_id = item.recurring_event_id
             if item.status == "cancelled" and not master_id:
                 # A deleted event; a recurring one takes its stored exceptions along.
@@ -362,14 +376,14 @@ class GoogleProvider(Provider):
 class _InstanceIndex:
     """Stored hrefs of exceptions by their series: Google names them `<series id>_<start>`."""
 
-    def __init__(self, known: Mapping[str, str]):
-        self._known = known
+    def __init__(self, stored_etags: StoredEtags):
+        self._stored_etags = stored_etags
         self._index: dict[str, set[str]] | None = None
 
     def _build(self) -> dict[str, set[str]]:
         if self._index is None:
             self._index = defaultdict(set)
-            for href in self._known:
+            for href in self._stored_etags():
                 series, sep, _ = href.rpartition("_")
                 if sep:
                     self._index[series].add(href)

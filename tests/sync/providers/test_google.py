@@ -7,6 +7,7 @@ worker makes (`events_apply` per batch), and look at what was stored and what wa
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 import time
@@ -59,9 +60,11 @@ def sync(account: Account) -> dict:
         by_id = {r.remote_id: r for r in remote}
         for calendar in (each.calendar for each in listed):
             calendar.refresh_from_db()
-            known = selectors.StoredEtags(calendar.pk)  # as the worker passes them: read lazily
+            # As the worker passes them: read when the provider asks.
+            etags = functools.partial(selectors.stored_etags, calendar_id=calendar.pk)
             cursor = Cursor(sync_token=calendar.sync_token)
-            for batch in provider.changes(by_id[calendar.remote_id], cursor=cursor, known=known):
+            remote_calendar = by_id[calendar.remote_id]
+            for batch in provider.changes(remote_calendar, cursor=cursor, stored_etags=etags):
                 plan = services.events_apply(calendar=calendar, batch=batch)
                 totals["created"] += len(plan.create)
                 totals["updated"] += len(plan.update)
@@ -585,7 +588,7 @@ def test_provider_objects_carry_the_google_id_etag_and_json(google, google_setti
     provider = GoogleProvider(credentials={"refresh_token": user.refresh_token})
     try:
         (calendar,) = provider.discover()
-        (batch,) = list(provider.changes(calendar, cursor=Cursor(), known={}))
+        (batch,) = list(provider.changes(calendar, cursor=Cursor(), stored_etags=dict))
     finally:
         provider.close()
     (obj,) = batch.objects
