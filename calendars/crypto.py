@@ -29,11 +29,15 @@ def encrypt(data: dict) -> str:
     return fernet().encrypt(json.dumps(data).encode()).decode()
 
 
+class UnreadableCredentials(ImproperlyConfigured):
+    """Stored credentials that no key in CALY_ENCRYPTION_KEY decrypts (a key rotated out)."""
+
+
 def decrypt(token: str) -> dict:
     try:
         return json.loads(fernet().decrypt(token.encode()))
     except InvalidToken as exc:
-        raise ImproperlyConfigured(
+        raise UnreadableCredentials(
             "Stored credentials cannot be decrypted with CALY_ENCRYPTION_KEY (wrong or rotated-out key)."
         ) from exc
 

@@ -215,6 +215,9 @@ CALY_RESYNC_MINUTES = env.int("CALY_RESYNC_MINUTES", default=15)
 # A running sync holds a per-account lease; it is renewed every third of this and lapses if
 # the worker dies, so another worker can take over.
 CALY_LEASE_SECONDS = env.int("CALY_LEASE_SECONDS", default=60)
+# The reaper sends a queued run's message again when it was published this long ago and no
+# worker took it (the message was lost); a duplicate of a run that did start is harmless.
+CALY_REPUBLISH_AFTER_SECONDS = env.int("CALY_REPUBLISH_AFTER_SECONDS", default=15 * 60)
 # A sync stops at the next batch boundary after this long and continues as a retry: RabbitMQ
 # closes the channel of a message held unacknowledged longer than its consumer_timeout (30 min by
 # default), which would redeliver the message and restart the worker's connection.

@@ -16,6 +16,8 @@ def in_use() -> bool:
     return connection.vendor == "postgresql"
 
 
+# Lease expiry is the database's clock (now()), never a worker's (`sync.leases`).
+
 # A run's claim in the common case: the account's lease is free (or the account has none yet:
 # its first sync) and the run is queued and due. It takes the lease (the lease row is locked
 # first, as everywhere) and marks the run running. No row back: the lease was busy or the run
@@ -24,10 +26,10 @@ def in_use() -> bool:
 CLAIM = """
     WITH lease AS (
         INSERT INTO sync_synclease AS lease (account_id, holder, run_id, expires_at)
-        SELECT account_id, %(holder)s, id, %(expires_at)s FROM sync_syncrun WHERE id = %(run)s
+        SELECT account_id, %(holder)s, id, now() + %(ttl)s FROM sync_syncrun WHERE id = %(run)s
         ON CONFLICT (account_id) DO UPDATE
         SET holder = EXCLUDED.holder, run_id = EXCLUDED.run_id, expires_at = EXCLUDED.expires_at
-        WHERE lease.holder = '' OR lease.expires_at IS NULL OR lease.expires_at <= %(now)s
+        WHERE lease.holder = '' OR lease.expires_at IS NULL OR lease.expires_at <= now()
         RETURNING account_id
     )
     UPDATE sync_syncrun AS run
@@ -48,8 +50,9 @@ CLAIM = """
 # The account a claimed run syncs, read with it.
 ACCOUNT = "SELECT * FROM calendars_account WHERE id = %s"
 
-# The lease given back at a run's end, if `holder` still holds it; the first statement of the
-# ending's transaction, so that the lease row is locked before any run.
+# The lease given back at a run's end, if `holder` still holds it (no row: the lease was taken
+# over, and the ending writes nothing); the first statement of the ending's transaction, so
+# that the lease row is locked before any run.
 LEASE_RELEASE = """
     UPDATE sync_synclease SET holder = '', run_id = NULL, expires_at = NULL
     WHERE account_id = %(account)s AND holder = %(holder)s
@@ -57,7 +60,8 @@ LEASE_RELEASE = """
 
 # The rest of a run's ending, after LEASE_RELEASE: the calendars found unchanged, what the run
 # learnt about its account (a NULL parameter keeps the column as it is), the run's final state
-# and counts, and the account's deferred queued run made due (handed over). Answers whether the
+# and counts (if it is still running), and the account's deferred queued run made due (handed
+# over). Answers whether the
 # run was still there, and the handed-over run's id or NULL.
 END = """
     WITH unchanged AS (
@@ -81,7 +85,7 @@ END = """
             created = %(created)s,
             updated = %(updated)s,
             deleted = %(deleted)s
-        WHERE id = %(run)s
+        WHERE id = %(run)s AND state = 'running'
         RETURNING id
     ), handed_over AS (
         UPDATE sync_syncrun SET deferred = false, published_at = NULL

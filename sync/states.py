@@ -18,10 +18,19 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, Subquery
 from django.utils import timezone
 
+from calendars.crypto import UnreadableCredentials
 from calendars.models import Account, Calendar
 from sync import sql
-from sync.leases import lease_alive, lease_lock, lease_release, lease_take, lease_token, lease_ttl
-from sync.models import SyncLease, SyncRun
+from sync.leases import (
+    lease_alive,
+    lease_lock,
+    lease_release,
+    lease_take,
+    lease_token,
+    lease_ttl,
+    locked_leases,
+)
+from sync.models import SyncRun
 
 logger = logging.getLogger(__name__)
 
@@ -107,13 +116,43 @@ def run_claim(
     """
     now = timezone.now()
     started_at = min(received_at or now, now)
-    if sql.in_use():
-        claim = _claim_by_sql(
-            run_id=run_id, task_id=task_id, worker=worker, now=now, started_at=started_at
-        )
-        if claim is not None:
-            return claim
-    return _claim(run_id=run_id, task_id=task_id, worker=worker, now=now, started_at=started_at)
+    try:
+        if sql.in_use():
+            claim = _claim_by_sql(
+                run_id=run_id, task_id=task_id, worker=worker, now=now, started_at=started_at
+            )
+            if claim is not None:
+                return claim
+        return _claim(run_id=run_id, task_id=task_id, worker=worker, now=now, started_at=started_at)
+    except UnreadableCredentials:  # read with the account; the claim was rolled back
+        return _fail_unreadable(run_id=run_id)
+
+
+UNREADABLE_CREDENTIALS = (
+    "Caly cannot read this account's stored password or authorisation (the encryption key it "
+    "was stored with is no longer configured). Reconnect the account to enter it again."
+)
+
+
+@transaction.atomic
+def _fail_unreadable(*, run_id: int) -> Claim:
+    """End a run whose account's credentials no key decrypts, and ask for a reconnect."""
+    account_id = SyncRun.objects.filter(pk=run_id).values_list("account_id", flat=True).first()
+    if account_id is None:
+        return Claim(ClaimOutcome.DONE)
+    lease_lock(account_id=account_id)
+    # The account is not read: its credentials are what cannot be read.
+    run = SyncRun.objects.select_for_update().get(pk=run_id)
+    if run.state in SyncRun.TERMINAL_STATES or run.state == SyncRun.State.RUNNING:
+        return Claim(ClaimOutcome.DONE, run)
+    run.state, run.finished_at = SyncRun.State.FAILED, timezone.now()
+    run.error = UNREADABLE_CREDENTIALS
+    run.save(update_fields=["state", "finished_at", "error"])
+    Account.objects.filter(pk=account_id).update(
+        status=Account.Status.NEEDS_REAUTH, last_error=UNREADABLE_CREDENTIALS
+    )
+    logger.error("sync run %s failed: the account's credentials cannot be decrypted", run_id)
+    return Claim(ClaimOutcome.DONE, run)
 
 
 def _claim_by_sql(
@@ -125,8 +164,7 @@ def _claim_by_sql(
     params = {
         "run": run_id,
         "holder": token,
-        "now": now,
-        "expires_at": now + lease_ttl(),
+        "ttl": lease_ttl(),
         "started_at": started_at,
         "task_id": task_id,
         "due_by": now + RETRY_EARLY,
@@ -147,7 +185,7 @@ def _claim(
     """Every case of a claim, by the ORM, with the account's lease and then the run locked."""
     of_run = SyncRun.objects.filter(pk=run_id).values("account_id")
     # The lease of the run's account, locked, in one statement; a first sync adds the row.
-    lease = SyncLease.objects.select_for_update().filter(account_id=Subquery(of_run)).first()
+    lease = locked_leases().filter(account_id=Subquery(of_run)).first()
     if lease is None:
         account_id = of_run.values_list("account_id", flat=True).first()
         if account_id is None:
@@ -158,12 +196,13 @@ def _claim(
     run = runs.filter(pk=run_id).first()
     if run is None or run.state in SyncRun.TERMINAL_STATES:
         return Claim(ClaimOutcome.DONE, run)
-    alive = lease_alive(lease, now)
+    alive = lease_alive(lease)
     if run.state == SyncRun.State.RUNNING:
         if alive and lease.run_id == run.pk:
             # A second delivery while the first may still be syncing (a broker connection was
             # lost): look again once the lease would have lapsed.
-            return Claim(ClaimOutcome.LATER, run, delay=_seconds_until(lease.expires_at, now) + 1)
+            lapses_in = _seconds_until(lease.expires_at, lease.db_now)
+            return Claim(ClaimOutcome.LATER, run, delay=lapses_in + 1)
         if not run_recover_interrupted(run=run, now=now):
             return Claim(ClaimOutcome.DONE, run)
     if run.retry_at and run.retry_at > now + RETRY_EARLY:
@@ -173,7 +212,7 @@ def _claim(
             run.deferred = True
             run.save(update_fields=["deferred"])
         return Claim(ClaimOutcome.DEFERRED, run)
-    token = lease_take(lease=lease, run=run, worker=worker, now=now)
+    token = lease_take(lease=lease, run=run, worker=worker)
     run.state = SyncRun.State.RUNNING
     # The first start is the one the order promise is about.
     run.started_at = run.started_at or started_at
@@ -223,13 +262,15 @@ def run_end(
 
     `ending` None: the run stays as it is (queued again for a retry, handed back, or left to the
     worker that took its lease over). Returns whether the ending was recorded (False: the run is
-    gone), and a deferred run of the account that is now due, for the caller to publish.
+    gone or no longer running, or `token` no longer held the lease, and then nothing at all was
+    written), and a deferred run of the account that is now due, for the caller to publish.
     """
     now = timezone.now()
     if ending is not None and sql.in_use():
         return _end_by_sql(run=run, counts=counts, token=token, ending=ending, now=now)
     with transaction.atomic():
-        lease_release(account_id=run.account_id, token=token)
+        if not lease_release(account_id=run.account_id, token=token):
+            return False, None  # taken over: its new holder records the run
         if counts.calendars_unchanged:
             Calendar.objects.filter(pk__in=counts.calendars_unchanged).update(last_synced_at=now)
         account = {**counts.account, **(ending.account if ending is not None else {})}
@@ -238,7 +279,7 @@ def run_end(
         recorded = True
         if ending is not None:
             recorded = bool(
-                SyncRun.objects.filter(pk=run.pk).update(
+                SyncRun.objects.filter(pk=run.pk, state=SyncRun.State.RUNNING).update(
                     state=ending.state,
                     finished_at=now,
                     error=ending.error,
@@ -274,6 +315,8 @@ def _end_by_sql(
         )
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql.LEASE_RELEASE, params)
+        if not cursor.rowcount:
+            return False, None  # taken over: its new holder records the run
         cursor.execute(sql.END, params)
         recorded, handed_over = cursor.fetchone()
     return recorded, SyncRun.objects.get(pk=handed_over) if handed_over else None
@@ -366,7 +409,7 @@ def run_reap(*, run_id: int, account_id: int, now: dt.datetime) -> bool | None:
     run = SyncRun.objects.select_for_update().filter(pk=run_id).first()
     if run is None or run.state != SyncRun.State.RUNNING:
         return None
-    if lease_alive(lease, now) and lease.run_id == run.pk:
+    if lease_alive(lease) and lease.run_id == run.pk:
         return None
     return run_recover_interrupted(run=run, now=now)
 
@@ -375,7 +418,7 @@ def run_reap(*, run_id: int, account_id: int, now: dt.datetime) -> bool | None:
 def run_free_deferred(*, run_id: int, account_id: int, now: dt.datetime) -> bool:
     """A deferred run whose account is free (the run that was to hand it over died): make it
     due again; True if it was."""
-    if lease_alive(lease_lock(account_id=account_id), now):
+    if lease_alive(lease_lock(account_id=account_id)):
         return False
     return bool(
         SyncRun.objects.filter(pk=run_id, state=SyncRun.State.QUEUED).update(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
+from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
@@ -25,7 +26,8 @@ def sync_runs_reap(*, now: dt.datetime | None = None) -> dict:
     - `running` runs whose lease lapsed (their worker died): queued again, or failed with a
       readable error once their attempts are used up or a newer run of the account is queued;
     - deferred runs whose account is free (the run that was to hand them back died);
-    - queued runs RabbitMQ never confirmed (the broker was away when they were published).
+    - queued runs RabbitMQ never confirmed (the broker was away when they were published), and
+      runs published over CALY_REPUBLISH_AFTER_SECONDS ago that no worker ever took.
     Called by the `sync.reap_stale_runs` periodic task; safe to run anywhere, any number of times.
     """
     now = now or timezone.now()
@@ -39,6 +41,15 @@ def sync_runs_reap(*, now: dt.datetime | None = None) -> dict:
     for run_id, account_id in deferred.values_list("pk", "account_id"):
         if states.run_free_deferred(run_id=run_id, account_id=account_id, now=now):
             freed.append(run_id)
+    # Published long ago and never taken: its message was lost (a claim that raised, a queue
+    # that was deleted). Sent again; a second message of a run that did start finds it so.
+    stale = now - dt.timedelta(seconds=settings.CALY_REPUBLISH_AFTER_SECONDS)
+    SyncRun.objects.filter(
+        Q(retry_at=None) | Q(retry_at__lt=stale),
+        state=SyncRun.State.QUEUED,
+        deferred=False,
+        published_at__lt=stale,
+    ).update(published_at=None)
     due = Q(retry_at=None, requested_at__lt=now - UNPUBLISHED_GRACE) | Q(
         retry_at__lt=now - UNPUBLISHED_GRACE
     )

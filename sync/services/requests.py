@@ -53,7 +53,10 @@ def sync_request(
             raise AccountNotSyncable(account)
         accounts = [account]
     else:
-        accounts = list(Account.objects.filter(owner=user, status=Account.Status.ACTIVE))
+        # Credentials stay encrypted here: the sync reads them (one unreadable account fails its
+        # own run, not this request).
+        active = Account.objects.filter(owner=user, status=Account.Status.ACTIVE)
+        accounts = list(active.defer("credentials"))
     runs, added = [], []
     for each in accounts:
         try:

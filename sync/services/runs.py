@@ -11,13 +11,14 @@ import uuid
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.db.models import F
 from django.utils import timezone
 
 from calendars.models import Account, Calendar
 from sync import broker, lifecycle, selectors, states
 from sync.engine import normalize_href
-from sync.leases import LeaseHeartbeat
+from sync.leases import LeaseHeartbeat, LeaseLost, lease_fence
 from sync.models import SyncRun
 from sync.providers import provider_for
 from sync.providers.base import AuthError, Provider, ProviderError, TransientError
@@ -50,6 +51,7 @@ class RunResult:
     back_in: int | None = None  # published again to come back in that many seconds
     deferred: bool = False  # waits for the account's current sync to hand it over
     handed_back: bool = False  # the worker is stopping: requeue the message
+    lease_lost: bool = False  # another worker took the account's lease over; this one stopped
 
     def summary(self) -> dict:
         summary = {"run": self.run, "state": self.state, **self.counts}
@@ -59,12 +61,9 @@ class RunResult:
             summary["deferred"] = True
         if self.handed_back:
             summary["handed_back"] = True
+        if self.lease_lost:
+            summary["lease_lost"] = True
         return summary
-
-
-class LeaseLost(ProviderError):
-    def __init__(self):
-        super().__init__("Another worker took over this account's sync; stopped to avoid a clash.")
 
 
 class HandBack(Exception):
@@ -93,16 +92,20 @@ def sync_run_execute(
     another worker is syncing waits for it, and a run whose worker died is taken over. A
     transient provider error puts the run back in the queue behind a broker-side delay.
     """
-    claim = states.run_claim(run_id=run_id, task_id=task_id, worker=worker, received_at=received_at)
+    try:
+        claim = states.run_claim(
+            run_id=run_id, task_id=task_id, worker=worker, received_at=received_at
+        )
+    except DatabaseError as exc:
+        # The database is away or failing: nothing was claimed. Come back later; if even that
+        # cannot be sent, the reaper republishes runs that were published but never started.
+        # (The worker's task_postrun hook closes a connection that errored.)
+        delay = broker.backoff_seconds(attempt=1)
+        logger.warning("sync run %s: claim failed (%s); back in %s s", run_id, exc, delay)
+        _publish_later(run_id=run_id, task_id=task_id, delay=delay, mark=False)
+        return RunResult(run_id, SyncRun.State.QUEUED, back_in=delay)
     if claim.outcome is ClaimOutcome.LATER:
-        try:
-            broker.publish_run(
-                run_id=run_id, task_id=task_id or str(uuid.uuid4()), delay=claim.delay
-            )
-        except BROKER_ERRORS:
-            # The reaper resends unpublished queued runs, and runs whose worker died.
-            states.run_mark_unpublished(run_id=run_id)
-            logger.warning("sync run %s: could not publish its delayed message", run_id)
+        _publish_later(run_id=run_id, task_id=task_id, delay=claim.delay, mark=True)
         return RunResult(run_id, claim.run.state, back_in=claim.delay)
     if claim.outcome is not ClaimOutcome.ACQUIRED:
         state = claim.run.state if claim.run is not None else "missing"
@@ -119,13 +122,15 @@ def sync_run_execute(
         recorded, waiting = states.run_end(run=run, counts=counts, token=claim.token, ending=ending)
     if waiting is not None:
         sync_publish_or_leave_to_reaper(run=waiting)
-    if ending is not None:
-        if not recorded:  # the run (or its account) was deleted while it synced
-            return RunResult(run_id, "missing")
+    if ending is not None and recorded:
         return RunResult(run.pk, ending.state, counts=counts.event_counts())
+    # Not recorded: the run (or its account) was deleted while it synced, or another worker
+    # took the lease over and records the run itself.
     run = SyncRun.objects.filter(pk=run.pk).first()
     if run is None:
         return RunResult(run_id, "missing")
+    if ending is not None or outcome is Interruption.LOST:
+        return RunResult(run.pk, run.state, lease_lost=True)
     if outcome is Interruption.RETRY:
         sync_publish_or_leave_to_reaper(run=run)
     return RunResult(
@@ -134,6 +139,17 @@ def sync_run_execute(
         counts={"created": run.created, "updated": run.updated, "deleted": run.deleted},
         handed_back=outcome is Interruption.HAND_BACK,
     )
+
+
+def _publish_later(*, run_id: int, task_id: str, delay: int, mark: bool) -> None:
+    """The run's message again, to come back in `delay` seconds."""
+    try:
+        broker.publish_run(run_id=run_id, task_id=task_id or str(uuid.uuid4()), delay=delay)
+    except BROKER_ERRORS:
+        # The reaper resends unpublished queued runs, and runs whose worker died.
+        if mark:
+            states.run_mark_unpublished(run_id=run_id)
+        logger.warning("sync run %s: could not publish its delayed message", run_id)
 
 
 def _execute(run: SyncRun, *, counts: Counts, heartbeat: LeaseHeartbeat) -> Interruption | Ending:
@@ -209,6 +225,8 @@ def _sync_account(
 ) -> None:
     account = run.account  # read with the run when it was claimed
     provider = provider_for(account)
+    # Inside the provider's own loops of requests (continuations, pages) too.
+    provider.checkpoint = functools.partial(_checkpoint, heartbeat=heartbeat, deadline=deadline)
     try:
         remote = provider.discover()
         if provider.home_url != account.home_url:
@@ -263,7 +281,12 @@ def _sync_calendar(
         )
     for batch in provider.changes(remote, cursor=cursor, stored_etags=stored_etags):
         _checkpoint(heartbeat=heartbeat, deadline=deadline)
-        plan = events_apply(calendar=calendar, batch=batch, nothing_stored=nothing_stored)
+        plan = events_apply(
+            calendar=calendar,
+            batch=batch,
+            nothing_stored=nothing_stored,
+            fence=functools.partial(lease_fence, account_id=run.account_id, token=heartbeat.token),
+        )
         nothing_stored = nothing_stored and not (batch.objects or batch.deleted_hrefs)
         counts.add(created=len(plan.create), updated=len(plan.update), deleted=len(plan.delete_ids))
         counts.events_unrecorded += sum(len(o.events) for o in batch.objects)

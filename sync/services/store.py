@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.db import transaction
 from django.db.models import Q
 from django.db.models.functions import MD5
@@ -37,13 +39,21 @@ EVENT_LIMITS = {
 UPSERT_PAGE = 500  # rows per INSERT statement
 
 
-def events_apply(*, calendar: Calendar, batch: ChangeBatch, nothing_stored: bool = False) -> Plan:
+def events_apply(
+    *,
+    calendar: Calendar,
+    batch: ChangeBatch,
+    nothing_stored: bool = False,
+    fence: Callable[[], None] | None = None,
+) -> Plan:
     """Store one batch of changes; the calendar's cursor moves only with the last batch.
 
     Everything the batch writes (deletions, moved hrefs, the events, the cursor) is one
     transaction. A batch with nothing in it and the cursor where it was (a sync that found no
     change) costs no statement at all. `nothing_stored`: the calendar has no events yet (it was
     added by this sync and this is its first batch), so there is nothing to compare with.
+    `fence` is called first in that transaction and raises to write nothing (the sync's lease,
+    `sync.leases.lease_fence`).
     """
     cursor = batch.cursor
     if not (batch.objects or batch.deleted_hrefs) and (
@@ -55,6 +65,8 @@ def events_apply(*, calendar: Calendar, batch: ChangeBatch, nothing_stored: bool
     stored = [] if nothing_stored else _events_stored(calendar, batch)
     plan = plan_changes(stored=stored, objects=batch.objects, deleted_hrefs=batch.deleted_hrefs)
     with transaction.atomic():
+        if fence is not None:
+            fence()
         if plan.delete_ids:
             Event.objects.filter(pk__in=plan.delete_ids).delete()
         if plan.relocate:

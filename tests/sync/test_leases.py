@@ -191,3 +191,80 @@ def test_lease_and_queue_on_the_sqlite_default(lab, tmp_path):
     log = lab.provider_log()
     for key in result["keys"]:
         assert [e["event"] for e in log if e["key"] == key] == ["start", "end", "start", "end"]
+
+
+# --- a fenced lease (#15) -----------------------------------------------------------------
+def _fake_account(key: str, **behaviour):
+    from calendars.models import Account
+    from tests.factories import make_user
+    from tests.support.fake_provider import fake_url
+
+    return Account.objects.create(
+        owner=make_user(), provider="fake", name="Fake", url=fake_url(key, **behaviour)
+    )
+
+
+def test_a_worker_whose_lease_was_taken_over_writes_nothing_more(db, monkeypatch):
+    from calendars.models import Event
+    from sync.services import runs
+
+    account = _fake_account("taken-over", events=4, batches=2)
+    run = sync_request_account(account=account, trigger="api", publish=False)
+    real_apply = runs.events_apply
+
+    def apply_then_lose_the_lease(**kwargs):
+        plan = real_apply(**kwargs)
+        # Meanwhile the lease lapsed (renewals failing) and another worker took the run over.
+        SyncLease.objects.filter(account=account).update(holder=f"{run.pk}:other-worker:1")
+        return plan
+
+    monkeypatch.setattr(runs, "events_apply", apply_then_lose_the_lease)
+    result = runs.sync_run_execute(run_id=run.pk)
+
+    run.refresh_from_db()
+    # The first batch was stored under the lease; the second was refused, and the run is left
+    # to the worker that holds the lease now, not marked done by the one that lost it.
+    assert Event.objects.filter(calendar__account=account).count() == 2
+    assert (result.state, result.lease_lost, run.state) == ("running", True, "running")
+    assert SyncLease.objects.get(account=account).holder == f"{run.pk}:other-worker:1"
+
+
+def test_lease_expiry_is_the_databases_clock_not_the_workers(db, monkeypatch):
+    from sync import states
+
+    account = _fake_account("skewed")
+    other = sync_request_account(account=account, trigger="api", publish=False)
+    assert states.run_claim(run_id=other.pk).outcome is states.ClaimOutcome.ACQUIRED
+    follow_up = sync_request_account(account=account, trigger="api", publish=False)
+    # This worker's clock runs an hour ahead: by it, the other worker's lease lapsed long ago.
+    ahead = timezone.now() + dt.timedelta(hours=1)
+    monkeypatch.setattr(timezone, "now", lambda: ahead)
+
+    claim = states.run_claim(run_id=follow_up.pk)
+
+    assert claim.outcome is states.ClaimOutcome.DEFERRED
+    assert SyncLease.objects.get(account=account).run_id == other.pk
+
+
+def test_renewals_failing_for_longer_than_the_lease_mean_the_lease_is_lost(
+    db, settings, monkeypatch
+):
+    from django.db import OperationalError
+
+    from sync import leases
+
+    settings.CALY_LEASE_SECONDS = 1
+
+    def database_away(*, tokens):
+        raise OperationalError("could not connect to server")
+
+    monkeypatch.setattr(leases, "lease_renew", database_away)
+    # A keeper of the test's own, renewing every third of the short lease from the start.
+    keeper = leases._LeaseKeeper()
+    heartbeat = leases.LeaseHeartbeat(account_id=0, token="0:w:lapsing")
+    keeper.add(heartbeat)
+    try:
+        assert not heartbeat.lost
+        wait_for(lambda: heartbeat.lost, timeout=10, what="the lapsed lease to count as lost")
+    finally:
+        keeper.remove(heartbeat)

@@ -150,3 +150,78 @@ def test_the_written_out_statements_record_runs_as_the_orm_does(monkeypatch):
     assert refused[0][:2] == ("failed", "The server refused the password. Reconnect the account.")
     assert refused[3][:2] == ("needs_reauth", refused[0][1])
     assert refused[4] == ("", None, None)  # the lease is free again
+
+
+# --- runs that must always end (#15) -------------------------------------------------------
+def test_an_account_whose_credentials_no_key_reads_fails_its_run_and_asks_for_a_reconnect(
+    settings,
+):
+    from cryptography.fernet import Fernet
+    from rest_framework.test import APIClient
+
+    unreadable = fake_account("rotated", events=1)
+    Account.objects.filter(pk=unreadable.pk).update(credentials={"password": "old-secret"})
+    readable = Account.objects.create(
+        owner=unreadable.owner, provider="fake", name="Fine", url=fake_url("fine", events=1)
+    )
+    run = services.sync_request_account(account=unreadable, trigger="api", publish=False)
+    # The key the password was stored with is rotated out; the account's own key is now gone.
+    settings.CALY_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+    Account.objects.filter(pk=readable.pk).update(credentials={})
+
+    result = services.sync_run_execute(run_id=run.pk)
+
+    run.refresh_from_db()
+    unreadable.refresh_from_db(fields=["status"])
+    assert (result.state, run.state) == ("failed", "failed")
+    assert "Reconnect the account" in run.error and "old-secret" not in run.error
+    assert unreadable.status == Account.Status.NEEDS_REAUTH
+    assert not SyncLease.objects.filter(account=unreadable, holder__gt="").exists()
+    # Asking for a sync of everything does not trip over the unreadable account either.
+    client = APIClient()
+    client.force_authenticate(unreadable.owner)
+    answer = client.post("/api/sync/", {}, format="json")
+    assert answer.status_code == 202, answer.content
+    assert [r["account"] for r in answer.json()["runs"]] == [readable.pk]
+
+
+def test_a_claim_that_meets_a_database_error_comes_back_later(monkeypatch):
+    from django.db import OperationalError
+
+    from sync import broker, states
+
+    account = fake_account("db-away", events=1)
+    run = services.sync_request_account(account=account, trigger="api", publish=False)
+    sent = []
+    monkeypatch.setattr(broker, "publish_run", lambda **message: sent.append(message))
+    real_claim = states.run_claim
+
+    def claim_once_failing(**kwargs):
+        monkeypatch.setattr(states, "run_claim", real_claim)
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(states, "run_claim", claim_once_failing)
+    result = services.sync_run_execute(run_id=run.pk, task_id=run.task_id)
+
+    assert (result.state, result.back_in) == ("queued", sent[0]["delay"])
+    assert sent[0]["run_id"] == run.pk and sent[0]["delay"] > 0
+    # The message that comes back syncs the account.
+    assert services.sync_run_execute(run_id=run.pk).state == "succeeded"
+
+
+def test_the_reaper_sends_again_a_run_published_long_ago_that_no_worker_took(monkeypatch):
+    from sync.services import reaper
+
+    account = fake_account("lost-message", events=1)
+    run = services.sync_request_account(account=account, trigger="api", publish=False)
+    long_ago = timezone.now() - timezone.timedelta(hours=1)
+    SyncRun.objects.filter(pk=run.pk).update(requested_at=long_ago, published_at=long_ago)
+    fresh = services.sync_request_account(
+        account=fake_account("in-the-queue"), trigger="api", publish=False
+    )
+    SyncRun.objects.filter(pk=fresh.pk).update(requested_at=long_ago, published_at=timezone.now())
+    sent = []
+    monkeypatch.setattr(reaper, "sync_publish", lambda *, run: sent.append(run.pk))
+
+    assert reaper.sync_runs_reap()["published"] == [run.pk]
+    assert sent == [run.pk]
