@@ -7,23 +7,30 @@ private, link-local, unspecified, multicast or reserved address is refused, at t
 for every connection the shared HTTP session opens (`GuardedResolver`), so a rebinding DNS answer
 meets the same rule. `CALY_ALLOW_PRIVATE_URLS` lifts the address rule (development, tests).
 
-A server may also answer forever, slowly, or with gigabytes: every response body is read through
-`GuardedBody`, under a size limit and a limit on the time spent waiting for it.
+A server may also answer forever, slowly, or with gigabytes. Each request has one deadline,
+CALY_HTTP_DEADLINE_SECONDS from its start (redirects included): until the status line and headers
+are in, a timer shuts the socket when it passes; the body is then read through `GuardedBody`,
+under a size limit and with what is left of the deadline for waiting on it. Whatever the HTTP
+client raises on the way becomes a ProviderError with a readable message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
+import threading
 import time
 from urllib.parse import urlsplit
 
 import niquests
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from niquests.packages.urllib3 import exceptions as urllib3_errors
+from niquests.packages.urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from niquests.packages.urllib3.contrib.resolver.system import SystemResolver
 
-from sync.providers.base import ConnectError, ProviderError
+from sync.providers.base import ConnectError, ProviderError, TransientError
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 # NAT64 (RFC 6052) carries an IPv4 address in its last 32 bits.
@@ -48,6 +55,14 @@ class ResponseTooSlow(ProviderError):
 
 class TooManyRedirects(ProviderError):
     """A server sent Caly round in redirects."""
+
+
+class UnreadableResponse(ProviderError):
+    """A server's answer could not be read as HTTP (bad compression, a request it cannot take)."""
+
+
+class BrokenOffResponse(TransientError):
+    """A server broke off its answer (connection closed early, broken chunked encoding)."""
 
 
 # --- addresses ------------------------------------------------------------------------------
@@ -153,23 +168,114 @@ class GuardedResolver(SystemResolver):
         return records
 
 
+# --- one deadline per request ---------------------------------------------------------------
+class Deadline:
+    """CALY_HTTP_DEADLINE_SECONDS from the start of one request, its redirects included."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.started = time.monotonic()
+        self.cut = False  # a socket was shut because the deadline passed
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def too_slow(self, host: str) -> ResponseTooSlow:
+        return ResponseTooSlow(
+            f"The server at {host} took more than {self.seconds:g} s to send one response; gave up."
+        )
+
+
+_current = threading.local()
+
+
+def _deadline() -> Deadline:
+    # Requests that do not come through GuardedSession.request (none in Caly) get their own.
+    return getattr(_current, "deadline", None) or Deadline(settings.CALY_HTTP_DEADLINE_SECONDS)
+
+
+class _SocketCutter:
+    """Shuts a connection's socket when the deadline passes while Caly waits for the server.
+
+    The read timeout only bounds the gap between two packets, so a server that trickles its
+    status line and headers would hold a worker (or a web request) for as long as it likes; the
+    HTTP client has no overall limit, and recommends a watcher thread (urllib3's Timeout notes).
+    """
+
+    def __init__(self, connection, deadline: Deadline):
+        self._connection = connection
+        self._deadline = deadline
+        self._lock = threading.Lock()
+        self._done = False
+        self._timer: threading.Timer | None = None
+
+    def _arm(self, seconds: float) -> None:
+        self._timer = threading.Timer(max(seconds, 0.0), self._cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def __enter__(self):
+        self._arm(self._deadline.seconds - self._deadline.elapsed())
+        return self
+
+    def __exit__(self, *exc_info):
+        with self._lock:
+            self._done = True
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def _cut(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            sock = getattr(self._connection, "sock", None)
+            if sock is None:  # still connecting (the connect timeout bounds that): look again
+                self._arm(0.05)
+                return
+            self._deadline.cut = True
+            # Below TLS: SSLSocket.shutdown would drop its TLS state under the reading thread.
+            # The blocked read then returns, and the request fails in the caller's thread.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _DeadlinePool:
+    """Connection pool part: every request on a connection, from connecting to the last header
+    line, runs under a `_SocketCutter`; the body is left to GuardedBody."""
+
+    def _make_request(self, conn, *args, **kwargs):
+        with _SocketCutter(conn, _deadline()):
+            return super()._make_request(conn, *args, **kwargs)
+
+
+class _GuardedHTTPPool(_DeadlinePool, HTTPConnectionPool):
+    pass
+
+
+class _GuardedHTTPSPool(_DeadlinePool, HTTPSConnectionPool):
+    pass
+
+
 # --- response bodies ------------------------------------------------------------------------
 class GuardedBody:
     """Stands in for a response's raw body and stops reading past the limits.
 
-    `limit` bytes at most (decoded, so a compression bomb counts at its real size) and
-    CALY_HTTP_DEADLINE_SECONDS spent waiting for the body in all: the session's timeout only
-    bounds the gap between two packets, so a server that trickles a byte a second would
-    otherwise hold a worker forever. Time the reader spends between reads (parsing, writing to
-    the database) does not count. Everything else is the wrapped object's.
+    `limit` bytes at most (decoded, so a compression bomb counts at its real size), and what is
+    left of the request's deadline for waiting on the body: the session's timeout only bounds
+    the gap between two packets, so a server that trickles a byte a second would otherwise hold
+    a worker forever. Time the reader spends between reads (parsing, writing to the database)
+    does not count. Errors of the HTTP client become ProviderErrors. Everything else is the
+    wrapped object's.
     """
 
-    def __init__(self, raw, *, limit: int, host: str):
+    def __init__(self, raw, *, limit: int, host: str, deadline: Deadline):
         self._raw = raw
         self._limit = limit
         self._host = host
         self._size = 0
-        self._waited = 0.0
+        self._deadline = deadline
+        # Connecting and waiting for the headers used part of the deadline already.
+        self._waited = deadline.elapsed()
 
     def __getattr__(self, name):
         return getattr(self._raw, name)
@@ -180,33 +286,47 @@ class GuardedBody:
         if self._size > self._limit:
             self._raw.close()
             raise _too_large(self._host, self._limit)
-        if self._waited > settings.CALY_HTTP_DEADLINE_SECONDS:
+        if self._waited > self._deadline.seconds:
             self._raw.close()
-            raise ResponseTooSlow(
-                f"The server at {self._host} took more than "
-                f"{settings.CALY_HTTP_DEADLINE_SECONDS:g} s to send one response; gave up."
-            )
+            raise self._deadline.too_slow(self._host)
         return data
 
-    def read1(self, amt: int | None = None, decode_content: bool | None = None) -> bytes:
+    def _call(self, read, *args, **kwargs):
+        """One read of the wrapped body, timed, its errors in Caly's words.
+
+        Read timeouts and TLS errors are left for niquests to raise as its ConnectionError,
+        which callers report as the server not answering.
+        """
         started = time.monotonic()
-        data = self._raw.read1(amt=amt or _READ_CHUNK, decode_content=decode_content)
-        return self._check(data, time.monotonic() - started)
+        try:
+            data = read(*args, **kwargs)
+        except urllib3_errors.HTTPError as exc:
+            if self._deadline.cut:
+                raise self._deadline.too_slow(self._host) from None
+            if isinstance(exc, (urllib3_errors.ReadTimeoutError, urllib3_errors.SSLError)):
+                raise
+            self._raw.close()
+            if isinstance(exc, urllib3_errors.DecodeError):
+                raise UnreadableResponse(
+                    f"The server at {self._host} sent a compressed answer that does not decompress."
+                ) from None
+            raise BrokenOffResponse(
+                f"The server at {self._host} broke off its answer (the connection closed early "
+                "or its chunked encoding is broken)."
+            ) from None
+        return data if data is None else self._check(data, time.monotonic() - started)
+
+    def read1(self, amt: int | None = None, decode_content: bool | None = None) -> bytes:
+        return self._call(self._raw.read1, amt=amt or _READ_CHUNK, decode_content=decode_content)
 
     def stream(self, amt: int | None = _READ_CHUNK, decode_content: bool | None = None):
         chunks = self._raw.stream(amt or _READ_CHUNK, decode_content=decode_content)
-        while True:
-            started = time.monotonic()
-            chunk = next(chunks, None)
-            if chunk is None:
-                return
-            yield self._check(chunk, time.monotonic() - started)
+        while (chunk := self._call(next, chunks, None)) is not None:
+            yield chunk
 
     def read(self, amt: int | None = None, decode_content: bool | None = None, **kwargs) -> bytes:
         if amt is not None and amt >= 0:
-            started = time.monotonic()
-            data = self._raw.read(amt, decode_content=decode_content, **kwargs)
-            return self._check(data, time.monotonic() - started)
+            return self._call(self._raw.read, amt, decode_content=decode_content, **kwargs)
         return b"".join(self.stream(_READ_CHUNK, decode_content=decode_content))
 
 
@@ -237,12 +357,35 @@ def _guard_body(response, stream: bool = False, **kwargs):
     if declared.isdigit() and int(declared) > limit:
         response.raw.close()
         raise _too_large(host, limit)
-    response.raw = GuardedBody(response.raw, limit=limit, host=host)
+    response.raw = GuardedBody(response.raw, limit=limit, host=host, deadline=_deadline())
     return response
 
 
+def _request_failed(exc: Exception, host: str) -> ProviderError:
+    """What the HTTP client raised, other than timeouts and refused connections, in words."""
+    if isinstance(exc, niquests.exceptions.ContentDecodingError):
+        return UnreadableResponse(
+            f"The server at {host} sent a compressed answer that does not decompress."
+        )
+    if isinstance(exc, (niquests.exceptions.ChunkedEncodingError, urllib3_errors.ProtocolError)):
+        return BrokenOffResponse(f"The server at {host} broke off its answer.")
+    if isinstance(exc, niquests.exceptions.InvalidHeader):
+        return UnreadableResponse(
+            f"A request to {host} could not be sent: a header (the username, perhaps) holds "
+            "characters HTTP does not allow."
+        )
+    if isinstance(exc, ValueError):  # InvalidURL, MissingSchema, InvalidSchema
+        return UnreadableResponse(f"The address of {host} (or a redirect from it) is not valid.")
+    return UnreadableResponse(f"The request to {host} failed ({type(exc).__name__}).")
+
+
 class GuardedSession(niquests.Session):
-    """A niquests session that applies the rules above to every request and every redirect."""
+    """A niquests session that applies the rules above to every request and every redirect.
+
+    Timeouts and refused connections (niquests' Timeout and ConnectionError) are left to the
+    caller, which knows which server it was asking for and says so; every other error of the
+    HTTP client comes out as a ProviderError.
+    """
 
     def __init__(self, **kwargs):
         super().__init__(resolver=GuardedResolver(), **kwargs)
@@ -251,6 +394,13 @@ class GuardedSession(niquests.Session):
         self.trust_env = False
         self.max_redirects = MAX_REDIRECTS
         self.hooks["response"].append(_guard_body)
+        for adapter in self.adapters.values():
+            manager = getattr(adapter, "poolmanager", None)
+            if manager is not None:
+                manager.pool_classes_by_scheme = {
+                    "http": _GuardedHTTPPool,
+                    "https": _GuardedHTTPSPool,
+                }
 
     def send(self, request, **kwargs):
         # Called for the first request and again for each redirect it leads to; the addresses
@@ -259,6 +409,8 @@ class GuardedSession(niquests.Session):
         return super().send(request, **kwargs)
 
     def request(self, method, url, *args, **kwargs):
+        deadline = Deadline(settings.CALY_HTTP_DEADLINE_SECONDS)
+        outer, _current.deadline = getattr(_current, "deadline", None), deadline
         try:
             return super().request(method, url, *args, **kwargs)
         except niquests.exceptions.TooManyRedirects:
@@ -266,3 +418,11 @@ class GuardedSession(niquests.Session):
                 f"The server at {_host(url)} redirected more than {self.max_redirects} times; "
                 "gave up."
             ) from None
+        except (niquests.exceptions.Timeout, niquests.exceptions.ConnectionError):
+            if deadline.cut:
+                raise deadline.too_slow(_host(url)) from None
+            raise
+        except (niquests.exceptions.RequestException, urllib3_errors.HTTPError) as exc:
+            raise _request_failed(exc, _host(url)) from None
+        finally:
+            _current.deadline = outer

@@ -8,6 +8,8 @@ waiting for one response, 16 MiB per streamed response (the defaults are 30 s, 3
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 
 import pytest
@@ -17,7 +19,7 @@ from calendars.models import Account, Calendar, Event
 from caly.queues import durable_queue
 from sync.models import SyncRun
 from tests.support.caldav_servers import vevent
-from tests.support.hostile_server import HostileCalDAV
+from tests.support.hostile_server import SLOW_HEADERS_SECONDS, HostileCalDAV
 from tests.support.polling import wait_for
 from tests.support.workers import start_worker
 
@@ -115,6 +117,12 @@ def cursors(account: Account) -> list[tuple]:
         # Mid-sync, after the listing: nothing of the half-read answer is stored.
         ("endless", "multiget", "sent more than 16 MiB in one response"),
         ("trickle", "multiget", "took more than 3 s to send one response"),
+        # A status line and headers trickled within every read timeout: the deadline still holds.
+        ("slow_headers", "multiget", "took more than 3 s to send one response"),
+        ("slow_headers", "sync", "took more than 3 s to send one response"),
+        # What the HTTP client raises comes out in words, not as an internal error.
+        ("bad_gzip", "multiget", "sent a compressed answer that does not decompress"),
+        ("broken_chunked", "multiget", "broke off its answer"),
     ],
 )
 def test_a_misbehaving_server_fails_the_run_and_changes_nothing(
@@ -132,6 +140,8 @@ def test_a_misbehaving_server_fails_the_run_and_changes_nothing(
     assert failed.state == "failed"
     assert expected in failed.error, failed.error
     assert not failed.error.startswith("Internal error")
+    # Given up within the limits (3 s per response, 2 s per read), whatever the server does.
+    assert (failed.finished_at - failed.started_at).total_seconds() < SLOW_HEADERS_SECONDS / 2
     assert stored(account) == before
     assert cursors(account) == cursors_before
 
@@ -183,3 +193,43 @@ def test_a_redirect_loop_when_connecting_is_a_400_naming_url(api, server):
     assert response.status_code == 400
     assert "redirected more than 10 times" in response.json()["url"][0]
     assert len(server.requests) <= 2 * 11  # two discovery candidates, ten redirects each at most
+
+
+def _connect(api, server, *, username="u"):
+    return api.post(
+        "/api/accounts/",
+        {"provider": "caldav", "name": "Hostile", "url": server.url, "username": username},
+        format="json",
+    )
+
+
+def test_a_server_trickling_its_headers_when_connecting_is_a_400_within_the_deadline(
+    api, server, settings
+):
+    settings.CALY_HTTP_TIMEOUT, settings.CALY_HTTP_DEADLINE_SECONDS = 1, 2
+    server.misbehave("slow_headers")
+    started = time.monotonic()
+    response = _connect(api, server)
+    took = time.monotonic() - started
+    assert response.status_code == 400, response.json()
+    assert "took more than 2 s to send one response" in response.json()["url"][0]
+    # One request given up at the deadline (two discovery candidates at most), not the 20 s
+    # the server would take.
+    assert took < 2 * 2 + 3, took
+    assert not Account.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "expected"),
+    [
+        ("bad_gzip", "sent a compressed answer that does not decompress"),
+        ("broken_chunked", "broke off its answer"),
+    ],
+)
+def test_an_unreadable_answer_when_connecting_is_a_400_naming_url(api, server, behaviour, expected):
+    server.misbehave(behaviour)
+    response = _connect(api, server)
+    assert response.status_code == 400, response.content
+    assert expected in response.json()["url"][0]
+    assert not Account.objects.exists()
+

@@ -2,8 +2,10 @@
 
 It speaks just enough CalDAV to be connected and synced (principal, calendar home, one calendar
 "Work" with sync-collection and calendar-multiget) and can be told to misbehave on one kind of
-request: invalid XML, a body that never ends or trickles a byte at a time, no answer at all, a
-redirect loop, a redirect elsewhere, a huge Content-Length. It records every request it gets,
+request: invalid XML, a body that never ends or trickles a byte at a time, a status line and
+headers trickled a byte at a time, no answer at all, a redirect loop, a redirect elsewhere, a huge
+Content-Length, a body that does not decompress, broken chunked encoding. It records every
+request it gets,
 so a test can also prove that Caly never contacted it.
 """
 
@@ -30,7 +32,12 @@ BEHAVIOURS = (
     "redirect",  # 307 to `target` + the same path
     "huge_length",  # announces a 1 GiB body
     "echo_credentials",  # asks for Basic auth, then answers non-XML quoting the credentials
+    "slow_headers",  # the right answer, its status line and headers one byte every 0.1 s
+    "bad_gzip",  # a 207 marked gzip whose body is not gzip
+    "broken_chunked",  # a 207 whose chunked encoding breaks after the first chunk
 )
+# How long "slow_headers" takes over the status line and headers before the body follows.
+SLOW_HEADERS_SECONDS = 20
 # Which requests a misbehaviour applies to.
 KINDS = ("principal", "calendars", "sync", "multiget", "other", "any")
 
@@ -58,6 +65,10 @@ def _response(href: str, props: str) -> str:
 class HostileCalDAV:
     def __init__(self, host: str = "127.0.0.1"):
         self.objects: dict[str, str] = {}
+        # What discovery finds: the calendar home, and the calendars listed in it (href → name;
+        # the objects above are served as those of "Work" whatever the calendar's href).
+        self.home = HOME
+        self.calendars: dict[str, str] = {CALENDAR: "Work"}
         self.behaviour: str | None = None
         self.on = "any"
         self.target = ""
@@ -104,7 +115,10 @@ class HostileCalDAV:
     def answer(self, kind: str, path: str, body: str) -> tuple[int, str]:
         if kind == "principal":
             if "calendar-home-set" in body:
-                props = f"<c:calendar-home-set><d:href>{HOME}</d:href></c:calendar-home-set>"
+                props = (
+                    f"<c:calendar-home-set><d:href>{escape(self.home)}</d:href>"
+                    "</c:calendar-home-set>"
+                )
             else:
                 props = (
                     "<d:current-user-principal>"
@@ -112,9 +126,9 @@ class HostileCalDAV:
                 )
             return 207, _multistatus(_response(path, props))
         if kind == "calendars":
-            work = (
+            calendar = (
                 "<d:resourcetype><d:collection/><c:calendar/></d:resourcetype>"
-                "<d:displayname>Work</d:displayname>"
+                "<d:displayname>{name}</d:displayname>"
                 f"<cs:getctag>{escape(self.sync_token())}</cs:getctag>"
                 f"<d:sync-token>{escape(self.sync_token())}</d:sync-token>"
                 '<c:supported-calendar-component-set><c:comp name="VEVENT"/>'
@@ -123,8 +137,11 @@ class HostileCalDAV:
                 "</d:report></d:supported-report></d:supported-report-set>"
             )
             return 207, _multistatus(
-                _response(HOME, "<d:resourcetype><d:collection/></d:resourcetype>")
-                + _response(CALENDAR, work)
+                _response(self.home, "<d:resourcetype><d:collection/></d:resourcetype>")
+                + "".join(
+                    _response(href, calendar.replace("{name}", escape(name)))
+                    for href, name in self.calendars.items()
+                )
             )
         if kind == "sync":
             listing = "".join(
@@ -180,6 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length).decode("utf-8", "replace") if length else ""
         kind = self._classify(body)
         fake.requests.append((self.command, self.path, kind))
+        self.kind, self.body = kind, body
         if fake.behaviour and fake.on in ("any", kind):
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 getattr(self, "_" + fake.behaviour)(fake)
@@ -260,6 +278,38 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
+    def _slow_headers(self, fake):
+        # Each byte comes well within any read timeout; only a limit on the whole wait helps.
+        status, text = fake.answer(self.kind, self.path, self.body)
+        payload = text.encode()
+        head = (
+            f"HTTP/1.1 {status} {self.responses[status][0]}\r\n"
+            "Content-Type: application/xml; charset=utf-8\r\n"
+            f"Content-Length: {len(payload)}\r\n"
+        ).encode()
+        filler = b"X-Filler: " + b"z" * max(int(SLOW_HEADERS_SECONDS * 10) - len(head), 1)
+        for i, byte in enumerate(head + filler + b"\r\n\r\n"):
+            if i and fake.stopping.wait(0.1):
+                return
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+        self.wfile.write(payload)
+
+    def _bad_gzip(self, fake):
+        payload = b"this is not gzip at all" * 10
+        self.send_response(207)
+        self.send_header("Content-Type", "application/xml; charset=utf-8")
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _broken_chunked(self, fake):
+        self._start_chunked()
+        self._chunk(b'<?xml version="1.0"?><d:multistatus xmlns:d="DAV:">')
+        self.wfile.write(b"not-a-chunk-size\r\n<d:response>")
+        self.wfile.flush()
 
     def _huge_length(self, fake):
         self.close_connection = True
