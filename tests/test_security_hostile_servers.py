@@ -233,3 +233,38 @@ def test_an_unreadable_answer_when_connecting_is_a_400_naming_url(api, server, b
     assert expected in response.json()["url"][0]
     assert not Account.objects.exists()
 
+
+def test_a_calendar_at_an_over_long_address_is_left_out_when_connecting(api, server, caplog):
+    server.calendars["/calendars/" + "x" * 2100 + "/"] = "Too long"
+    caplog.set_level(logging.WARNING, logger="sync.services.accounts")
+    response = _connect(api, server)
+    assert response.status_code == 201, response.content
+    account = Account.objects.get(pk=response.json()["id"])
+    assert list(account.calendars.values_list("name", flat=True)) == ["Work"]
+    assert "left out: their addresses are longer than 2000 characters" in caplog.text
+
+
+def test_a_calendar_at_an_over_long_address_is_left_out_and_the_rest_syncs(
+    hostile_worker, server, account
+):
+    server.calendars["/calendars/" + "x" * 2100 + "/"] = "Too long"
+    run = sync(hostile_worker, account)
+    assert run.state == "succeeded", run.error
+    assert list(account.calendars.values_list("name", flat=True)) == ["Work"]
+    assert len(stored(account)) == 3
+
+
+def test_a_server_listing_only_over_long_addresses_is_a_400_naming_url(api, server):
+    server.calendars = {"/calendars/" + "x" * 2100 + "/": "Too long"}
+    response = _connect(api, server)
+    assert response.status_code == 400, response.content
+    assert "longer than 2,000 characters" in response.json()["url"][0]
+    assert not Account.objects.exists()
+
+
+def test_an_over_long_calendar_home_is_a_400_naming_url(api, server):
+    server.home = "/" + "h" * 2100 + "/"
+    response = _connect(api, server)
+    assert response.status_code == 400, response.content
+    assert "calendar home address is" in response.json()["url"][0]
+    assert not Account.objects.exists()

@@ -13,10 +13,24 @@ from django.utils import timezone
 from calendars.models import Account, Calendar
 from sync.engine import normalize_href
 from sync.providers import provider_class
-from sync.providers.base import ProviderError
+from sync.providers.base import ConnectError, ProviderError
 from sync.remote import RemoteCalendar
 
 logger = logging.getLogger(__name__)
+
+# Addresses a server hands over are stored in columns of this many characters (PostgreSQL
+# refuses anything longer); no real server's addresses come near.
+HOME_URL_MAX_LENGTH = Account._meta.get_field("home_url").max_length
+CALENDAR_ID_MAX_LENGTH = Calendar._meta.get_field("remote_id").max_length
+
+
+def account_home_url_check(*, home_url: str) -> None:
+    """Raise ConnectError if the calendar home the server named is too long to store."""
+    if len(home_url) > HOME_URL_MAX_LENGTH:
+        raise ConnectError(
+            f"The server's calendar home address is {len(home_url):,} characters long; Caly "
+            f"stores addresses of up to {HOME_URL_MAX_LENGTH:,} characters."
+        )
 
 
 def account_connect(
@@ -37,6 +51,7 @@ def account_connect(
         remote = client.discover()
     finally:
         client.close()
+    account_home_url_check(home_url=client.home_url)
     with transaction.atomic():
         account = Account.objects.create(
             owner=owner,
@@ -90,8 +105,24 @@ def calendars_reconcile(
     and all, the first time (`missing_since`): a listing that drops one calendar may be the
     server's hiccup, and deleting it would lose its events' ids. The next listing without it
     deletes it; one with it keeps it.
+
+    A calendar whose id (CalDAV href) is longer than Caly stores is left out, with a warning in
+    the log; if that leaves none of the listed calendars, it is a ProviderError saying why.
     """
-    remote = list(remote)
+    listed = list(remote)
+    remote = [item for item in listed if len(item.remote_id) <= CALENDAR_ID_MAX_LENGTH]
+    if len(remote) < len(listed):
+        logger.warning(
+            "account %s: %d calendar(s) left out: their addresses are longer than %d characters",
+            account.pk,
+            len(listed) - len(remote),
+            CALENDAR_ID_MAX_LENGTH,
+        )
+        if not remote:
+            raise ProviderError(
+                f"Every calendar the server listed has an address longer than "
+                f"{CALENDAR_ID_MAX_LENGTH:,} characters, which Caly cannot store."
+            )
     existing = {
         normalize_href(c.remote_id): c
         for c in Calendar.objects.filter(account=account).order_by("pk")
