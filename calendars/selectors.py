@@ -11,7 +11,7 @@ import recurring_ical_events
 from django.db.models import Q, QuerySet
 
 from calendars.models import Account, Calendar, Event
-from calendars.timezones import as_instant, default_end, recurrence_key, zone_named
+from calendars.timezones import Zones, as_instant, default_end, recurrence_key, zone_named
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +125,39 @@ def _overlaps(begins: dt.datetime, ends: dt.datetime, start: dt.datetime, end: d
     return begins < end and (ends > start or begins >= start)
 
 
-def _series_calendar(master: Event, overrides: list[Event]) -> icalendar.Calendar:
-    """The master and its overrides as one calendar, whichever objects they were stored in."""
+def _in_own_zones(component: icalendar.Event, zones: Zones) -> None:
+    """Re-read the component's zoned times with the zones of the object it came from.
+
+    icalendar read each TZID with the first VTIMEZONE of that name it met in this process, which
+    may be another user's "Office"; the wall times as written are kept.
+    """
+
+    def own(value, tzid: str):
+        if isinstance(value, tuple):  # RDATE;VALUE=PERIOD
+            return tuple(own(part, tzid) for part in value)
+        return zones.localize(value, tzid) if isinstance(value, dt.datetime) else value
+
+    for name in ("DTSTART", "DTEND", "RECURRENCE-ID", "EXDATE", "RDATE"):
+        found = component.get(name)
+        if found is None:
+            continue
+        props = found if isinstance(found, list) else [found]
+        rebuilt = []
+        for prop in props:
+            tzid = str(prop.params.get("TZID", ""))
+            if not tzid:
+                rebuilt.append(prop)
+            elif name in ("EXDATE", "RDATE"):
+                dates = [own(d.dt, tzid) for d in prop.dts]
+                rebuilt.append(icalendar.vDDDLists(dates, dict(prop.params)))
+            else:
+                rebuilt.append(icalendar.vDDDTypes(own(prop.dt, tzid), dict(prop.params)))
+        component[name] = rebuilt if isinstance(found, list) else rebuilt[0]
+
+
+def _series_calendar(master: Event, overrides: list[Event], *, zone) -> icalendar.Calendar:
+    """The master and its overrides as one calendar, whichever objects they were stored in;
+    zoned times mean what the object they were written in says (as when they were synced)."""
     combined = icalendar.Calendar()
     seen_hrefs: set[str] = set()
     seen_zones: set[str] = set()
@@ -139,12 +170,14 @@ def _series_calendar(master: Event, overrides: list[Event]) -> icalendar.Calenda
             combined.add_component(_vevent_from_row(row))
             continue
         source = icalendar.Calendar.from_ical(row.raw)
-        for zone in source.walk("VTIMEZONE"):
-            if str(zone.get("TZID")) not in seen_zones:
-                seen_zones.add(str(zone.get("TZID")))
-                combined.add_component(zone)
+        zones = Zones(source, default=zone)
+        for vtimezone in source.walk("VTIMEZONE"):
+            if str(vtimezone.get("TZID")) not in seen_zones:
+                seen_zones.add(str(vtimezone.get("TZID")))
+                combined.add_component(vtimezone)
         for component in source.walk("VEVENT"):
             if str(component.get("UID", "")).strip() == master.uid:
+                _in_own_zones(component, zones)
                 combined.add_component(component)
     return combined
 
@@ -194,7 +227,7 @@ def _expand(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            query = recurring_ical_events.of(_series_calendar(master, overrides))
+            query = recurring_ical_events.of(_series_calendar(master, overrides, zone=zone))
             found = []
             for component in query.after(start - _MARGIN):
                 begins = component.get("DTSTART").dt

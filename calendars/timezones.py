@@ -2,9 +2,10 @@
 
 A zone name may be IANA ("Europe/Berlin"), Windows ("W. Europe Standard Time", icalendar's own
 table) or vendor-prefixed ("/mozilla.org/20050126_1/Europe/Berlin"); a name that stands for no
-known zone means UTC wherever a zone is needed. Recurrence keys (RECURRENCE-ID, RDATE, EXDATE,
-Google's originalStartTime) are one string form, so the same occurrence matches across
-providers.
+known zone means UTC wherever a zone is needed. A name that only the object's own VTIMEZONE
+defines ("Office") means what that object says (`Zones`), never what another object said.
+Recurrence keys (RECURRENCE-ID, RDATE, EXDATE, Google's originalStartTime) are one string form,
+so the same occurrence matches across providers.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import datetime as dt
 import functools
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import icalendar
+from icalendar.timezone import tzp
 from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
 
 UTC = dt.UTC
@@ -37,6 +40,47 @@ def iana_zone(tzid: str) -> ZoneInfo | None:
         except (ZoneInfoNotFoundError, ValueError, OSError):
             continue
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def custom_zone(definition: bytes) -> dt.tzinfo | None:
+    """A VTIMEZONE's zone, cached by its whole text so equal TZIDs with other rules never mix."""
+    component = icalendar.Timezone.from_ical(definition)
+    try:
+        return component.to_tz(tzp, lookup_tzid=False)
+    except Exception:  # an unusable VTIMEZONE: treat its times as floating
+        return None
+
+
+class Zones:
+    """TZID → tzinfo for one calendar object, with its VTIMEZONEs as the last resort.
+
+    icalendar keeps custom VTIMEZONEs in a process-wide cache keyed by TZID alone, and reads
+    every later "Office" with the first "Office" it met, which may be another user's. Caly reads
+    a zoned time as the wall time written and the zone resolved here, from the object it is in.
+    """
+
+    def __init__(self, calendar=None, default: dt.tzinfo = UTC):
+        self.default = default
+        self._definitions = (
+            {str(tz.get("TZID", "")): tz for tz in calendar.walk("VTIMEZONE")} if calendar else {}
+        )
+
+    def resolve(self, tzid: str) -> tuple[dt.tzinfo, str]:
+        """The zone and the name to record for it ("" when Caly fell back to the default)."""
+        zone = iana_zone(tzid)
+        if zone is not None:
+            return zone, zone.key
+        definition = self._definitions.get(tzid)
+        if definition is not None:
+            custom = custom_zone(definition.to_ical())
+            if custom is not None:
+                return custom, tzid
+        return self.default, ""
+
+    def localize(self, value: dt.datetime, tzid: str) -> dt.datetime:
+        """The wall time of `value`, written with `tzid`, in the zone this object means by it."""
+        return tzp.localize(value.replace(tzinfo=None), self.resolve(tzid)[0])
 
 
 def zone_named(name: str) -> dt.tzinfo:

@@ -6,17 +6,16 @@ values parsed), by a small line reader when the object is plain, else by icalend
 icalendar on a first sync's objects (5,000 events: 0.18 s against 2.6 s); anything it is not
 sure about goes to icalendar, which also decides what is malformed.
 
-Time zones are resolved here, per object: an IANA name wins, then a Windows name, then a
-vendor-prefixed globally unique TZID (`calendars.timezones.iana_zone`), then the object's own
-VTIMEZONE. icalendar keeps custom VTIMEZONEs in a process-wide cache keyed by TZID alone, so two
-users' different "Custom" zones would collide; Caly therefore re-reads the written wall time and
-applies the zone it resolved from this object.
+Time zones are resolved per object (`calendars.timezones.Zones`, which reading occurrences in a
+window shares): an IANA name wins, then a Windows name, then a vendor-prefixed globally unique
+TZID, then the object's own VTIMEZONE. icalendar keeps custom VTIMEZONEs in a process-wide cache
+keyed by TZID alone, so two users' different "Custom" zones would collide; Caly therefore
+re-reads the written wall time and applies the zone it resolved from this object.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import re
 import warnings
 from collections.abc import Mapping
@@ -24,7 +23,15 @@ from collections.abc import Mapping
 import icalendar
 from icalendar.timezone import tzp
 
-from calendars.timezones import UTC, as_instant, default_end, iana_zone, recurrence_key, zone_named
+from calendars.timezones import (
+    UTC,
+    Zones,
+    as_instant,
+    default_end,
+    iana_zone,
+    recurrence_key,
+    zone_named,
+)
 from sync.remote import RemoteEvent
 
 # Properties whose values carry a TZID the way DTSTART does.
@@ -44,38 +51,6 @@ Properties = dict[str, list[tuple[Mapping[str, str], object]]]
 
 class MalformedObject(ValueError):
     """The text is not an iCalendar object Caly can store."""
-
-
-@functools.lru_cache(maxsize=256)
-def _custom_zone(definition: bytes) -> dt.tzinfo | None:
-    """A VTIMEZONE's zone, cached by its whole text so equal TZIDs with other rules never mix."""
-    component = icalendar.Timezone.from_ical(definition)
-    try:
-        return component.to_tz(tzp, lookup_tzid=False)
-    except Exception:  # an unusable VTIMEZONE: treat its times as floating
-        return None
-
-
-class Zones:
-    """TZID → tzinfo for one calendar object, with its VTIMEZONEs as the last resort."""
-
-    def __init__(self, calendar=None, default: dt.tzinfo = UTC):
-        self.default = default
-        self._definitions = (
-            {str(tz.get("TZID", "")): tz for tz in calendar.walk("VTIMEZONE")} if calendar else {}
-        )
-
-    def resolve(self, tzid: str) -> tuple[dt.tzinfo, str]:
-        """The zone and the name to record for it ("" when Caly fell back to the default)."""
-        zone = iana_zone(tzid)
-        if zone is not None:
-            return zone, zone.key
-        definition = self._definitions.get(tzid)
-        if definition is not None:
-            custom = _custom_zone(definition.to_ical())
-            if custom is not None:
-                return custom, tzid
-        return self.default, ""
 
 
 # --- properties → RemoteEvent: the one mapping --------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from rest_framework.test import APIClient
 
 from sync.ical import parse_object
 from sync.remote import ChangeBatch, RemoteObject
@@ -250,3 +251,44 @@ def test_google_series_expand_from_their_stored_fields(api, calendar):
         ("2026-03-30T07:00:00Z", "Standup"),
     ]
     assert {e["uid"] for e in found} == {"weekly1@google.com"}
+
+
+def office_zone(offset: str) -> str:
+    """A custom VTIMEZONE named "Office", as each user's server may define it differently."""
+    return (
+        "BEGIN:VTIMEZONE\r\nTZID:Office\r\nBEGIN:STANDARD\r\nDTSTART:19700101T000000\r\n"
+        f"TZOFFSETFROM:{offset}\r\nTZOFFSETTO:{offset}\r\nTZNAME:Office\r\n"
+        "END:STANDARD\r\nEND:VTIMEZONE\r\n"
+    )
+
+
+def test_two_users_custom_zones_of_the_same_name_keep_their_own_times(user):
+    """Alice's server says "Office" is +05:00, Bob's that it is -03:00: each sees their own
+    standup at 09:00 their office time, whoever's calendar was read first."""
+    bob = make_user("bob")
+    clients = {}
+    for owner, offset in ((user, "+0500"), (bob, "-0300")):
+        standup = vevent(
+            "standup@example.com",
+            "DTSTART;TZID=Office:20260105T090000",
+            "DTEND;TZID=Office:20260105T093000",
+            "RRULE:FREQ=DAILY;COUNT=3",
+            "EXDATE;TZID=Office:20260106T090000",
+            "SUMMARY:Standup",
+        )
+        store(
+            make_calendar(make_account(owner)),
+            "/cal/standup.ics",
+            ics(standup, zones=office_zone(offset)),
+        )
+        clients[owner.username] = APIClient()
+        clients[owner.username].force_authenticate(owner)
+
+    seen = {
+        name: [e["start"] for e in window(client, "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z")]
+        for name, client in clients.items()
+    }
+    assert seen == {
+        "alice": ["2026-01-05T04:00:00Z", "2026-01-07T04:00:00Z"],
+        "bob": ["2026-01-05T12:00:00Z", "2026-01-07T12:00:00Z"],
+    }
