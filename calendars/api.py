@@ -1,10 +1,19 @@
 """Read API for calendars and events (and the `selected` switch of a calendar)."""
 
+import base64
+import binascii
+import json
+
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, viewsets
 from rest_framework.exceptions import ValidationError
+from rest_framework.permissions import SAFE_METHODS
+from rest_framework.response import Response
+from rest_framework.settings import api_settings
+from rest_framework.throttling import UserRateThrottle
+from rest_framework.utils.urls import replace_query_param
 
 from calendars import selectors
 from calendars.models import Calendar, Event
@@ -27,6 +36,14 @@ class CalendarSerializer(serializers.ModelSerializer):
             "missing_since",
         ]
         read_only_fields = [f for f in fields if f != "selected"]
+
+    def update(self, instance, validated_data):
+        # Only what the request changes: a sync may be storing this calendar's sync token or
+        # ctag meanwhile, and writing the whole row back would put the old ones back.
+        for name, value in validated_data.items():
+            setattr(instance, name, value)
+        instance.save(update_fields=list(validated_data))
+        return instance
 
 
 class EventSerializer(serializers.ModelSerializer):
@@ -115,24 +132,69 @@ def window_params(request):
     return start, end
 
 
+def encode_cursor(key: selectors.OccurrenceKey) -> str:
+    start, event_id, recurrence_id = key
+    text = json.dumps([start.isoformat(), event_id, recurrence_id])
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def cursor_param(request) -> selectors.OccurrenceKey | None:
+    """The `cursor` of a window's next page: where the previous page stopped."""
+    value = request.query_params.get("cursor")
+    if value in (None, ""):
+        return None
+    try:
+        start, event_id, recurrence_id = json.loads(base64.urlsafe_b64decode(value.encode()))
+        start = parse_datetime(start)
+        if start is None or start.tzinfo is None or type(event_id) is not int:
+            raise ValueError
+        return start, event_id, str(recurrence_id)
+    except (ValueError, TypeError, binascii.Error):  # JSONDecodeError is a ValueError
+        raise ValidationError(
+            {"cursor": ["Not a cursor this listing gave out; start again without one."]}
+        ) from None
+
+
+class EventReadThrottle(UserRateThrottle):
+    """Per-user limit on reading events (scope `event_read`); other methods are not counted.
+
+    Rates are read when a request comes in, as caly.throttling.PostRateThrottle does.
+    """
+
+    scope = "event_read"
+
+    def allow_request(self, request, view):
+        if request.method not in SAFE_METHODS:
+            return True
+        return super().allow_request(request, view)
+
+    def get_rate(self):
+        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+
+
 @extend_schema_view(
     list=extend_schema(
         description=(
             "Without start/end: the stored events (recurring masters and overridden instances "
             "as rows). With both: every occurrence overlapping [start, end), recurring events "
             "expanded (same uid, each with its own start/end and recurrence_id), cancelled "
-            "occurrences left out, soonest first."
+            "occurrences left out, soonest first, as pages of `results` with the `next` page's "
+            "URL (a `cursor`; no count). A window whose recurring events take more than "
+            "CALY_MAX_SERIES series or CALY_MAX_OCCURRENCES occurrences to work out is a 400 "
+            "naming `end`: narrow it, or ask for one calendar."
         ),
         parameters=[
             OpenApiParameter("calendar", OpenApiTypes.INT),
             OpenApiParameter("start", OpenApiTypes.DATETIME),
             OpenApiParameter("end", OpenApiTypes.DATETIME),
+            OpenApiParameter("cursor", OpenApiTypes.STR),
         ],
     ),
 )
 class EventViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = EventSerializer
     queryset = Event.objects.none()
+    throttle_classes = [*api_settings.DEFAULT_THROTTLE_CLASSES, EventReadThrottle]
 
     def get_queryset(self):
         return selectors.events_for_user(
@@ -143,11 +205,22 @@ class EventViewSet(viewsets.ReadOnlyModelViewSet):
         window = window_params(request)
         if window is None:
             return super().list(request, *args, **kwargs)
-        occurrences = selectors.events_in_window(
-            user=request.user,
-            start=window[0],
-            end=window[1],
-            calendar_id=int_param(request, "calendar"),
-        )
-        page = self.paginate_queryset(occurrences)
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+        page_size = api_settings.PAGE_SIZE
+        try:
+            # One more than a page tells whether there is a next one.
+            occurrences = selectors.events_in_window(
+                user=request.user,
+                start=window[0],
+                end=window[1],
+                limit=page_size + 1,
+                after=cursor_param(request),
+                calendar_id=int_param(request, "calendar"),
+            )
+        except selectors.TooMuchToExpand as exc:
+            raise ValidationError({"end": [str(exc)]}) from None
+        page, more = occurrences[:page_size], len(occurrences) > page_size
+        next_url = None
+        if more:
+            cursor = encode_cursor(selectors.occurrence_key(page[-1]))
+            next_url = replace_query_param(request.build_absolute_uri(), "cursor", cursor)
+        return Response({"next": next_url, "results": self.get_serializer(page, many=True).data})

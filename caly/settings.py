@@ -169,12 +169,14 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
-    # Only POST /api/accounts/ (contacts the user's server) and POST /api/sync/ (queues work)
-    # are limited, per user; the views name their scope.
+    # POST /api/accounts/ (contacts the user's server) and POST /api/sync/ (queues work) are
+    # limited, per user; the views name their scope. Reading events is limited too (its view
+    # adds the throttle): a window's recurring events are worked out on every request.
     "DEFAULT_THROTTLE_CLASSES": ["caly.throttling.PostRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {
         "account_connect": env.str("CALY_THROTTLE_ACCOUNTS", default="30/minute"),
         "sync_request": env.str("CALY_THROTTLE_SYNC", default="120/minute"),
+        "event_read": env.str("CALY_THROTTLE_EVENTS", default="60/minute"),
     },
 }
 # Throttle counts live here: per process unless CALY_CACHE_URL names a shared cache.
@@ -235,6 +237,11 @@ CALY_SHUTDOWN_GRACE_SECONDS = env.float("CALY_SHUTDOWN_GRACE_SECONDS", default=2
 # module, never from the environment (tests/settings.py adds the test suite's fake).
 CALY_EXTRA_PROVIDERS: dict[str, str] = {}
 CALY_SYNC_BATCH_SIZE = env.int("CALY_SYNC_BATCH_SIZE", default=500)
+# What one GET /api/events/?start&end may work out before it answers 400 "narrow the window":
+# recurring series overlapping the window, and occurrences of their rules from each series'
+# first one to the window's end (dateutil steps through all of them to reach the window).
+CALY_MAX_SERIES = env.int("CALY_MAX_SERIES", default=1000)
+CALY_MAX_OCCURRENCES = env.int("CALY_MAX_OCCURRENCES", default=50_000)
 CALY_GOOGLE_CLIENT_ID = env.str("CALY_GOOGLE_CLIENT_ID", default="")
 CALY_GOOGLE_CLIENT_SECRET = env.str("CALY_GOOGLE_CLIENT_SECRET", default="")
 CALY_GOOGLE_API_ENDPOINT = env.str("CALY_GOOGLE_API_ENDPOINT", default="")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from unittest import mock
+
 import pytest
+from django.conf import settings as django_settings
+from recurring_ical_events.occurrence import Occurrence
 from rest_framework.test import APIClient
 
 from sync.ical import parse_object
@@ -138,8 +143,9 @@ def test_window_of_an_endless_daily_series_is_paginated(api, calendar):
     response = api.get("/api/events/?start=2026-01-01T00:00:00Z&end=2026-06-30T00:00:00Z")
     body = response.json()
     assert response.status_code == 200
-    assert body["count"] == 180 and len(body["results"]) == 100 and body["next"]
+    assert len(body["results"]) == 100 and body["next"]
     rest = api.get(body["next"]).json()
+    assert len(rest["results"]) == 80 and rest["next"] is None
     starts = [e["start"] for e in body["results"] + rest["results"]]
     assert len(starts) == 180 and starts == sorted(starts)
     assert starts[0] == "2026-01-01T07:00:00Z" and starts[-1] == "2026-06-29T07:00:00Z"
@@ -197,6 +203,7 @@ def test_only_the_users_own_calendars(api, calendar):
         ("start=2026-02-01T00:00:00Z&end=2026-01-01T00:00:00Z", "end"),
         ("start=2020-01-01T00:00:00Z&end=2026-01-01T00:00:00Z", "end"),
         ("start=yesterday&end=2026-01-01T00:00:00Z", "start"),
+        ("start=2026-01-01T00:00:00Z&end=2026-02-01T00:00:00Z&cursor=nonsense", "cursor"),
     ],
 )
 def test_bad_windows_are_400_naming_the_field(api, query, field):
@@ -292,3 +299,105 @@ def test_two_users_custom_zones_of_the_same_name_keep_their_own_times(user):
         "alice": ["2026-01-05T04:00:00Z", "2026-01-07T04:00:00Z"],
         "bob": ["2026-01-05T12:00:00Z", "2026-01-07T12:00:00Z"],
     }
+
+
+# --- what one request may cost ------------------------------------------------------------
+def every_minute(uid: str, first: str = "20260101T000000Z") -> str:
+    return ics(vevent(uid, f"DTSTART:{first}", "DURATION:PT30S", "RRULE:FREQ=MINUTELY"))
+
+
+def test_window_whose_series_take_too_many_occurrences_is_400_saying_to_narrow_it(
+    api, calendar, settings
+):
+    settings.CALY_MAX_OCCURRENCES = 1000
+    store(calendar, "/cal/minutely.ics", every_minute("minutely"))
+    # From the series' first occurrence to the window's end: 1,440 occurrences.
+    response = api.get("/api/events/?start=2026-01-01T20:00:00Z&end=2026-01-02T00:00:00Z")
+    assert response.status_code == 400
+    (message,) = response.json()["end"]
+    assert "narrow the window" in message and "1000" in message
+    # 600 is within the bound.
+    found = window(api, "2026-01-01T09:00:00Z", "2026-01-01T10:00:00Z")
+    assert len(found) == 60 and found[0]["start"] == "2026-01-01T09:00:00Z"
+
+
+def test_window_overlapping_too_many_series_is_400_unless_one_calendar_is_asked_for(
+    api, user, calendar, settings
+):
+    settings.CALY_MAX_SERIES = 3
+    other = make_calendar(make_account(user))
+    for n in range(4):
+        store(
+            calendar if n < 2 else other,
+            f"/cal/daily{n}.ics",
+            ics(vevent(f"daily{n}", "DTSTART:20260101T090000Z", "RRULE:FREQ=DAILY")),
+        )
+    response = api.get("/api/events/?start=2026-01-01T00:00:00Z&end=2026-01-02T00:00:00Z")
+    assert response.status_code == 400
+    assert "narrow the window" in response.json()["end"][0]
+    found = window(api, "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", calendar=other.pk)
+    assert [e["uid"] for e in found] == ["daily2", "daily3"]
+
+
+def test_each_page_expands_only_what_it_shows(api, calendar):
+    """Two days of a minutely series: 29 pages of every minute in order, none repeated or left
+    out, and each page works out about one page of occurrences, not the whole window."""
+    store(calendar, "/cal/minutely.ics", every_minute("minutely", first="20260301T000000Z"))
+    expanded: list[int] = []
+    original = Occurrence.as_component
+
+    def counted(self, *args, **kwargs):
+        expanded[-1] += 1
+        return original(self, *args, **kwargs)
+
+    starts: list[str] = []
+    url = "/api/events/?start=2026-03-01T00:00:00Z&end=2026-03-03T00:00:00Z"
+    with mock.patch.object(Occurrence, "as_component", counted):
+        while url:
+            expanded.append(0)
+            response = api.get(url)
+            assert response.status_code == 200, response.json()
+            starts += [e["start"] for e in response.json()["results"]]
+            url = response.json()["next"]
+    first = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    expected = [
+        (first + dt.timedelta(minutes=m)).strftime("%Y-%m-%dT%H:%M:%SZ") for m in range(2880)
+    ]
+    assert starts == expected
+    assert len(expanded) == 29 and max(expanded) <= 2 * django_settings.REST_FRAMEWORK["PAGE_SIZE"]
+
+
+def test_next_page_carries_on_where_the_last_one_stopped_when_events_arrive_between(api, calendar):
+    objects = []
+    for n in range(150):
+        raw = ics(vevent(f"e{n}", f"DTSTART:20260105T{n // 60:02}{n % 60:02}00Z", "DURATION:PT1M"))
+        objects.append(
+            RemoteObject(href=f"/cal/e{n}.ics", etag='"1"', events=parse_object(raw), raw=raw)
+        )
+    events_apply(calendar=calendar, batch=ChangeBatch(objects=objects))
+    body = api.get("/api/events/?start=2026-01-05T00:00:00Z&end=2026-01-06T00:00:00Z").json()
+    first_page = [e["uid"] for e in body["results"]]
+    # A sync stores an event that sorts before everything already shown.
+    store(calendar, "/cal/early.ics", ics(vevent("early", "DTSTART:20260105T000000Z")))
+    rest = [e["uid"] for e in api.get(body["next"]).json()["results"]]
+    assert first_page == [f"e{n}" for n in range(100)]
+    assert rest == [f"e{n}" for n in range(100, 150)]
+
+
+def test_reading_events_is_rate_limited_per_user(api, calendar, settings):
+    from django.core.cache import cache
+
+    cache.clear()
+    rates = dict(django_settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], event_read="3/minute")
+    settings.REST_FRAMEWORK = {**django_settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}
+    store(
+        calendar, "/cal/daily.ics", ics(vevent("d", "DTSTART:20260101T090000Z", "RRULE:FREQ=DAILY"))
+    )
+    windowed = "/api/events/?start=2026-01-01T00:00:00Z&end=2026-02-01T00:00:00Z"
+    answers = [api.get(path).status_code for path in (windowed, "/api/events/", windowed, windowed)]
+    assert answers == [200, 200, 200, 429]
+    limited = api.get("/api/events/")
+    assert limited.status_code == 429 and int(limited["Retry-After"]) > 0
+    other = APIClient()
+    other.force_authenticate(make_user("bob"))
+    assert other.get(windowed).status_code == 200
