@@ -23,7 +23,7 @@ from sync.models import SyncRun
 from sync.providers import provider_for
 from sync.providers.base import AuthError, Provider, ProviderError, TransientError
 from sync.remote import ChangeBatch, Cursor, RemoteCalendar
-from sync.services.accounts import calendars_reconcile
+from sync.services.accounts import account_home_url_check, calendars_reconcile
 from sync.services.requests import BROKER_ERRORS, sync_publish_or_leave_to_reaper
 from sync.services.store import events_apply
 from sync.states import ClaimOutcome, Counts, Ending
@@ -230,6 +230,7 @@ def _sync_account(
     try:
         remote = provider.discover()
         if provider.home_url != account.home_url:
+            account_home_url_check(home_url=provider.home_url)
             counts.account["home_url"] = provider.home_url
         listed = calendars_reconcile(account=account, remote=remote)
         by_id = {normalize_href(r.remote_id): r for r in remote}
