@@ -6,11 +6,12 @@ are the only consumers and the number of slots is exactly what the test says.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,9 @@ class QueueLab:
     log_path: Path
     settings: object  # pytest-django's `settings` fixture: changes are undone after the test
     worker_env: dict = field(default_factory=dict)
+    # A broker of the test's own (tests/support/rabbit_cluster.py) instead of the shared one:
+    # where `stop` deletes the lab's queues. Workers get theirs as CELERY_BROKER_URL.
+    broker_url: str | None = None
     workers: list[Worker] = field(default_factory=list)
 
     def configure(self, **values) -> None:
@@ -40,9 +44,11 @@ class QueueLab:
             self.worker_env[name] = str(value)
 
     def env(self, **extra) -> dict:
+        own_broker = {"CELERY_BROKER_URL": self.broker_url} if self.broker_url else {}
         return {
             "CALY_QUEUE_PREFIX": self.prefix,
             LOG_ENV: str(self.log_path),
+            **own_broker,
             **self.worker_env,
             **{k: str(v) for k, v in extra.items()},
         }
@@ -75,11 +81,38 @@ class QueueLab:
                 print(f"\n--- worker {worker.name} (pid {worker.pid}) ---\n{worker.log()}")
         from caly.celery import app
 
-        with app.connection_for_write() as conn:
+        with app.connection_for_write(url=self.broker_url) as conn:
             channel = conn.default_channel
             for name in (f"{self.prefix}.sync", f"{self.prefix}.maintenance"):
                 channel.queue_delete(name)
                 channel.exchange_delete(name)
+
+
+@contextlib.contextmanager
+def publisher_on(broker_url: str) -> Iterator[None]:
+    """Inside the block, this process publishes (as the API and the reaper do) to `broker_url`,
+    which may be a `;`-separated failover list; its pooled connections to it are closed after."""
+    from caly.celery import app
+
+    # The URL publishers connect to (`broker_url`, which CELERY_BROKER_URL in the environment
+    # overrides, is read after it).
+    saved = app.conf.get("broker_write_url")
+    app.conf.broker_write_url = broker_url
+    shared = _swap_publisher_pools(app, None, None)
+    try:
+        yield
+    finally:
+        own = _swap_publisher_pools(app, *shared)
+        app.conf.broker_write_url = saved
+        if own[0] is not None:
+            own[0].force_close_all()
+
+
+def _swap_publisher_pools(app, connections, producers) -> tuple:
+    """Put these pools in place of the app's (None: made afresh from the current broker URL)."""
+    before = (app._pool, app.amqp._producer_pool)
+    app._pool, app.amqp._producer_pool = connections, producers
+    return before
 
 
 def make_fake_accounts(owner, count: int, **behaviour) -> list[Account]:
