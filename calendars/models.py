@@ -52,6 +52,9 @@ class Calendar(models.Model):
     # Provider sync state: CalDAV sync-token and ctag, Google nextSyncToken.
     sync_token = models.TextField(blank=True)
     ctag = models.TextField(blank=True)
+    # When the CalDAV server last refused sync-collection for this calendar although it offered
+    # it; the calendar syncs by ctag until a day later, then sync-collection is tried again.
+    sync_refused_at = models.DateTimeField(null=True, blank=True)
     last_synced_at = models.DateTimeField(null=True, blank=True)
     # When a sync first found the calendar missing from the server's list; the next sync that
     # does not find it either deletes it. Cleared when it is listed again.

@@ -60,6 +60,9 @@ class Cursor(msgspec.Struct, frozen=True):
 
     sync_token: str = ""
     ctag: str = ""
+    # When the server last refused sync-collection for this calendar (CalDAV) although it
+    # offered it: until a day later the calendar syncs by ctag without asking again.
+    sync_refused_at: dt.datetime | None = None
 
 
 @dataclass

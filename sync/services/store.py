@@ -57,7 +57,9 @@ def events_apply(
     """
     cursor = batch.cursor
     if not (batch.objects or batch.deleted_hrefs) and (
-        cursor is None or (cursor.sync_token, cursor.ctag) == (calendar.sync_token, calendar.ctag)
+        cursor is None
+        or (cursor.sync_token, cursor.ctag, cursor.sync_refused_at)
+        == (calendar.sync_token, calendar.ctag, calendar.sync_refused_at)
     ):
         return Plan()
     _skip_oversized(batch)
@@ -84,8 +86,9 @@ def events_apply(
             )
         if cursor is not None:
             calendar.sync_token, calendar.ctag = cursor.sync_token, cursor.ctag
+            calendar.sync_refused_at = cursor.sync_refused_at
             calendar.last_synced_at = timezone.now()
-            calendar.save(update_fields=["sync_token", "ctag", "last_synced_at"])
+            calendar.save(update_fields=["sync_token", "ctag", "sync_refused_at", "last_synced_at"])
     return plan
 
 
