@@ -59,6 +59,13 @@ class Provider(abc.ABC):
         # Where discovery found the calendars last time (CalDAV calendar home); saves the
         # discovery round trips on every sync. Providers that need none ignore it.
         self.home_url = home_url
+        # Set by the runner: called by the provider inside every loop of requests
+        # (continuations, pages, multiget batches); raises to stop the sync (deadline,
+        # hand-back, lease lost).
+        self.checkpoint: Callable[[], None] = lambda: None
+        # Set by the runner before `discover`: the stored cursor of each selected calendar, by
+        # remote id, so that the calendar listing can ask for what their syncs will need.
+        self.cursors: Mapping[str, Cursor] = {}
 
     @abc.abstractmethod
     def discover(self) -> list[RemoteCalendar]:

@@ -11,14 +11,22 @@ It forwards every request on loopback and can, per test:
 - leave one calendar out of the calendar home's listing (a server's hiccup);
 - serve some objects' calendar-data broken (a server handing out what it should not);
 - refuse REPORTs that ask for calendar-data of the whole collection (sync-collection,
-  calendar-query) with 400, as Radicale does past 10,000 VEVENTs in one answer.
+  calendar-query) with 400, as Radicale does past 10,000 VEVENTs in one answer;
+- answer sync-collection with nothing but a 507 and a new token, every time (a listing that
+  never ends);
+- cut the PROPFIND listing of one calendar short, with a 507 on the collection;
+- leave objects out of calendar-multiget answers: some always, or all past the first few;
+- answer sync-collection with hostile XML streamed for as long as it is read, noting the test
+  process's resident memory (VmRSS) at every chunk it sends.
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -72,6 +80,12 @@ class DAVProxy:
     unlisted: str = ""  # a calendar path left out of its calendar home's listing
     corrupt: set[str] = field(default_factory=set)  # object paths served as broken iCalendar
     refuse_bulk_data: bool = False
+    endless: bool = False  # sync-collection: only a 507 and a new token, every time
+    cut_listing_of: str = ""  # a calendar path: its PROPFIND Depth 1 lists one object, then 507
+    withhold: set[str] = field(default_factory=set)  # object paths multigets leave out
+    multiget_limit: int = 0  # objects a multiget answer holds at most (0: all)
+    hostile_xml: str = ""  # a shape of HOSTILE, sent for sync-collection
+    rss_kib: list[int] = field(default_factory=list)  # VmRSS at each chunk of hostile XML
     requests: list[Seen] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
 
@@ -85,7 +99,11 @@ class DAVProxy:
         self.page_size = 0
         self.empty_listing_of = self.unlisted = ""
         self.corrupt = set()
-        self.refuse_bulk_data = False
+        self.refuse_bulk_data = self.endless = False
+        self.cut_listing_of = self.hostile_xml = ""
+        self.withhold = set()
+        self.multiget_limit = 0
+        self.rss_kib.clear()
         self.requests.clear()
 
     def start(self) -> DAVProxy:
@@ -106,9 +124,19 @@ class DAVProxy:
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Length", str(len(content)))
+                if isinstance(content, bytes):
+                    self.send_header("Content-Length", str(len(content)))
+                    self.end_headers()
+                    self.wfile.write(content)
+                    return
+                self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
-                self.wfile.write(content)
+                try:
+                    for chunk in content:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    self.wfile.write(b"0\r\n\r\n")
+                except OSError:  # the client stopped reading
+                    self.close_connection = True
 
             do_GET = do_PUT = do_DELETE = do_PROPFIND = do_PROPPATCH = do_REPORT = handle_one
             do_MKCALENDAR = do_MKCOL = do_OPTIONS = do_HEAD = do_POST = handle_one
@@ -148,6 +176,11 @@ class DAVProxy:
             and b"calendar-data" in body
         ):
             return 400, {"Content-Type": "text/plain"}, b"REPORT occurrences limit hit"
+        if report == "sync-collection" and self.hostile_xml:
+            return 207, {"Content-Type": "application/xml; charset=utf-8"}, self._hostile()
+        if report == "sync-collection" and self.endless:
+            number = len(self.requests)
+            return 207, {"Content-Type": "application/xml; charset=utf-8"}, _endless(path, number)
         token = _request_token(body) if report == "sync-collection" else ""
         if token and self.reject_tokens:
             return 403, {"Content-Type": "application/xml; charset=utf-8"}, TOKEN_REJECTED
@@ -165,19 +198,44 @@ class DAVProxy:
         content = upstream.content
         out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
         if upstream.status_code == 207:
-            content = self._rewrite(method, path, report, token, offset, content)
+            depth = headers.get("Depth", "")
+            content = self._rewrite(method, path, report, token, offset, content, depth)
         return upstream.status_code, out_headers, content
 
-    def _rewrite(self, method, path, report, token, offset, content: bytes) -> bytes:
+    def _hostile(self) -> Iterator[bytes]:
+        for chunk in HOSTILE[self.hostile_xml]():
+            self.rss_kib.append(rss_kib())
+            if self.rss_kib[-1] - self.rss_kib[0] > 512 * 1024:
+                return  # enough to fail the test; spare the machine
+            yield chunk
+
+    def _rewrite(self, method, path, report, token, offset, content: bytes, depth="") -> bytes:
         path = urlsplit(path).path
         hide = self.hide_sync and method == "PROPFIND"
         empty = self.empty_listing_of and _same(path, self.empty_listing_of)
         paging = self.page_size and report == "sync-collection"
         corrupt = self.corrupt and method == "REPORT"
         unlisted = self.unlisted and method == "PROPFIND"
-        if not (hide or empty or paging or corrupt or unlisted):
+        cut = (
+            self.cut_listing_of
+            and method == "PROPFIND"
+            and depth == "1"
+            and _same(path, self.cut_listing_of)
+        )
+        multiget = (self.withhold or self.multiget_limit) and report == "calendar-multiget"
+        if not (hide or empty or paging or corrupt or unlisted or cut or multiget):
             return content
         root = etree.fromstring(content)
+        if multiget:
+            sent = 0
+            for response in root.findall(f"{DAV}response"):
+                href = response.findtext(f"{DAV}href")
+                if any(_same(href, w) for w in self.withhold) or (
+                    self.multiget_limit and sent >= self.multiget_limit
+                ):
+                    root.remove(response)
+                else:
+                    sent += 1
         if unlisted:
             for response in root.findall(f"{DAV}response"):
                 if _same(response.findtext(f"{DAV}href"), self.unlisted):
@@ -200,6 +258,12 @@ class DAVProxy:
         if empty and (method == "PROPFIND" or report == "sync-collection"):
             for member in members:
                 root.remove(member)
+        elif cut:
+            for member in members[1:]:
+                root.remove(member)
+            marker = etree.SubElement(root, f"{DAV}response")
+            etree.SubElement(marker, f"{DAV}href").text = path
+            etree.SubElement(marker, f"{DAV}status").text = "HTTP/1.1 507 Insufficient Storage"
         elif paging:
             rest = members[offset + self.page_size :]
             for member in members[:offset] + rest:
@@ -214,6 +278,54 @@ class DAVProxy:
                 root.remove(token_el)
                 root.append(token_el)
         return etree.tostring(root, xml_declaration=True, encoding="utf-8")
+
+
+def rss_kib() -> int:
+    """This process's resident memory, in KiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def _endless(path: str, number: int) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n<d:multistatus xmlns:d="DAV:"><d:response>'
+        f"<d:href>{path}</d:href><d:status>HTTP/1.1 507 Insufficient Storage</d:status>"
+        f"</d:response><d:sync-token>{PAGE_TOKEN}endless-{number}</d:sync-token></d:multistatus>"
+    ).encode()
+
+
+# Hostile multistatus answers, each about 48 MiB unless the reader gives up sooner.
+HEAD = b'<?xml version="1.0" encoding="utf-8"?>\n<d:multistatus xmlns:d="DAV:">'
+OPEN_RESPONSE = b"<d:response><d:href>/x.ics</d:href><d:propstat><d:prop>"
+MIB = 2**20
+
+
+def _repeat(start: bytes, unit: bytes, mib: int = 48) -> Iterator[bytes]:
+    yield start
+    chunk = unit * (64 * 1024 // len(unit) or 1)
+    for _ in range(mib * MIB // len(chunk)):
+        yield chunk
+
+
+HOSTILE = {
+    # ~12 million empty siblings of the responses (the issue's 30 MiB of <a/>, and more)
+    "siblings": lambda: _repeat(HEAD, b"<a/>"),
+    # the same inside one response
+    "inside": lambda: _repeat(HEAD + OPEN_RESPONSE, b"<a/>"),
+    # elements nested ever deeper, each with 64 KiB of text
+    "deep": lambda: _repeat(HEAD, b"<a>" + b"x" * (64 * 1024)),
+    # one calendar object of 48 MiB
+    "text": lambda: _repeat(HEAD + OPEN_RESPONSE + b"<c:calendar-data xmlns:c='x'>", b"y" * 1024),
+    # comments between the responses
+    "comments": lambda: _repeat(HEAD, b"<!--x-->"),
+    # one start tag with ever more attributes of 1 MiB
+    "attributes": lambda: itertools.chain(
+        [HEAD, b"<a "], (b'a%d="%s" ' % (i, b"v" * MIB) for i in range(48))
+    ),
+}
 
 
 def _same(href: str | None, path: str) -> bool:

@@ -27,14 +27,17 @@ RESPONSE = f"{{{DAV}}}response"
 MULTISTATUS = f"{{{DAV}}}multistatus"
 SYNC_TOKEN = f"{{{DAV}}}sync-token"
 
-# No getctag or sync-token here: servers such as Radicale hash every object to compute them,
-# which would cost each sync of each calendar that much again before it even starts.
+# No getctag or sync-token unless a calendar syncs by ctag: servers such as Radicale hash every
+# object to compute them, which would cost each sync of each calendar that much again before it
+# even starts. A calendar that syncs by ctag (no sync-collection, or refused) gets its ctag here,
+# which saves it a PROPFIND of its own.
 CALENDAR_LIST_BODY = """<?xml version="1.0" encoding="utf-8"?>
 <d:propfind xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav"
-            xmlns:ic="http://apple.com/ns/ical/">
+            xmlns:ic="http://apple.com/ns/ical/" xmlns:cs="http://calendarserver.org/ns/">
   <d:prop><d:resourcetype/><d:displayname/><ic:calendar-color/><c:calendar-timezone/>
-    <c:supported-calendar-component-set/><d:supported-report-set/></d:prop>
+    <c:supported-calendar-component-set/><d:supported-report-set/>{ctag}</d:prop>
 </d:propfind>"""
+CALENDAR_LIST_CTAG = "<cs:getctag/><d:getetag/>"
 
 CTAG_BODY = """<?xml version="1.0" encoding="utf-8"?>
 <d:propfind xmlns:d="DAV:" xmlns:cs="http://calendarserver.org/ns/">
@@ -61,8 +64,24 @@ MULTIGET_HEAD = """<?xml version="1.0" encoding="utf-8"?>
 <c:calendar-multiget xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav">
   <d:prop><d:getetag/><c:calendar-data/></d:prop>"""
 
-# A server answering 507 forever with the same token would otherwise keep us here.
-MAX_CONTINUATIONS = 10_000
+# A server answering 507 with a new token every time would otherwise keep a sync asking for
+# ever; a server that really pages its answers sends far fewer pages than this.
+MAX_CONTINUATIONS = 1_000
+# The most objects one calendar listing may hold (hrefs and etags are kept until it is
+# complete): a listing of a calendar this size takes some 35 MB.
+MAX_LISTED_OBJECTS = 100_000
+MAX_CALENDARS = 1_000  # in one calendar home
+
+# Bounds on one multistatus answer, so that whatever a server sends, parsing it holds a few MiB
+# (every finished element is freed as soon as it is read): nesting (a calendar's properties go
+# 8 levels deep), elements in one response (a calendar's properties take about 50), elements in
+# the whole answer (7 per object: a calendar of 250,000 objects), and the bytes of one response
+# (one calendar object with its properties: a 10 MB event fits).
+MAX_DEPTH = 32
+MAX_RESPONSE_ELEMENTS = 10_000
+MAX_ELEMENTS = 1_000_000
+MAX_RESPONSE_BYTES = 16 * 2**20
+READ_CHUNK = 64 * 1024
 AUTH_REFUSED = "The CalDAV server refused the username or password."
 
 
@@ -94,12 +113,14 @@ class Listing:
     changed: dict[str, str] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
     token: str = ""
+    truncated: bool = False  # the server cut it short (507): it says nothing of what it left out
 
 
 @dataclass
 class CalendarInfo:
     # True/False from supported-report-set; None when the server did not say (we try it).
     supports_sync: bool | None
+    ctag: str | None = None  # from the calendar list, when it was asked for there
 
 
 def _status_code(text: str | None) -> int:
@@ -163,8 +184,9 @@ def vtimezone_id(text: str) -> str:
 class Multistatus:
     """A 207 answer parsed while it streams: iterate its responses, then read its sync token.
 
-    Each response element is dropped once read, so memory stays at one response however many
-    the server sends.
+    Only the response being read is kept, as a small tree, and dropped once it is turned into
+    an item; anything else the server sends is read past without being kept. The answer is held
+    to the bounds above, so memory stays at one response whatever the server sends.
     """
 
     def __init__(self, response, url: str):
@@ -176,20 +198,23 @@ class Multistatus:
         self.truncated = False
 
     def __iter__(self) -> Iterator[Item]:
-        parser = etree.XMLPullParser(
-            events=("end",),
-            tag=(RESPONSE, SYNC_TOKEN),
-            resolve_entities=False,
-            no_network=True,
-            huge_tree=True,
-        )
+        reader = _Reader(self)
+        # A parser target of our own rather than lxml's tree: nothing outside the response being
+        # read is kept, and a 10 MB calendar object parses without huge_tree (which would lift
+        # libxml2's limits on nesting, names and entity expansion too).
+        parser = etree.XMLParser(target=reader, resolve_entities=False, no_network=True)
+        fed = 0
         try:
-            for chunk in self._response.iter_content(chunk_size=256 * 1024):
+            for chunk in self._response.iter_content(chunk_size=READ_CHUNK):
                 if chunk:
+                    reader.fed = fed
                     parser.feed(chunk)
-                    yield from self._drain(parser)
+                    fed += len(chunk)
+                    yield from self._items(reader)
+                    if fed - reader.mark > MAX_RESPONSE_BYTES:  # one tag that never ends
+                        raise self.refused(f"sent more than {MAX_RESPONSE_BYTES // 2**20} MiB")
             parser.close()
-            yield from self._drain(parser)
+            yield from self._items(reader)
         except etree.XMLSyntaxError as exc:
             raise ProviderError(
                 f"The CalDAV server sent invalid XML for {urlsplit(self.url).path}."
@@ -201,31 +226,104 @@ class Multistatus:
         finally:
             self._response.close()
 
-    def _drain(self, parser) -> Iterator[Item]:
-        for _, element in parser.read_events():
-            parent = element.getparent()
-            if element.tag == SYNC_TOKEN and parent is not None and parent.tag == MULTISTATUS:
-                self.token = (element.text or "").strip()
-            elif element.tag == RESPONSE:
-                item = _item(element)
-                element.clear()
-                if parent is not None:
-                    parent.remove(element)
-                if item is None:
-                    continue
-                # Servers send absolute URLs or paths, `%40` or `@`: keep the path as spelled.
-                href = item.href
-                if href[:1] != "/" or href[:2] == "//" or "?" in href or "#" in href:
-                    item.href = urlsplit(urljoin(self.url, item.href)).path
-                bare = item.href.rstrip("/")
-                item.is_self = bare == self._path or (
-                    "%" in bare + self._path and unquote(bare) == self._unquoted_path
+    def refused(self, what: str) -> ProviderError:
+        return ProviderError(
+            f"The CalDAV server {what} in its answer for {urlsplit(self.url).path}; "
+            "Caly does not read such answers."
+        )
+
+    def _items(self, reader: _Reader) -> Iterator[Item]:
+        finished, reader.finished = reader.finished, []
+        for element in finished:
+            item = _item(element)
+            if item is None:
+                continue
+            # Servers send absolute URLs or paths, `%40` or `@`: keep the path as spelled.
+            href = item.href
+            if href[:1] != "/" or href[:2] == "//" or "?" in href or "#" in href:
+                item.href = urlsplit(urljoin(self.url, item.href)).path
+            bare = item.href.rstrip("/")
+            item.is_self = bare == self._path or (
+                "%" in bare + self._path and unquote(bare) == self._unquoted_path
+            )
+            # RFC 6578 §3.6: a 507 on the collection itself means "more to come".
+            if item.status == 507 and item.is_self:
+                self.truncated = True
+                continue
+            yield item
+
+
+class _Reader:
+    """The parser's target: builds the `DAV:response` being read (and the sync token), counts
+    everything else against the bounds and keeps none of it."""
+
+    def __init__(self, answer: Multistatus):
+        self.answer = answer
+        self.finished: list[etree._Element] = []  # responses read since the last feed
+        self.fed = 0  # bytes fed before the current chunk
+        self.mark = 0  # where the parser last got as far as a tag or text
+        self._depth = self._elements = self._in_response = self._size = 0
+        self._open: list[etree._Element] = []  # the response being read, and its open elements
+        self._text: list[str] = []
+        self._root = ""
+        self._token: list[str] | None = None
+
+    def start(self, tag, attrib, nsmap=None):
+        self.mark = self.fed
+        self._depth += 1
+        self._elements += 1
+        if self._depth > MAX_DEPTH:
+            raise self.answer.refused(f"nested XML more than {MAX_DEPTH} levels deep")
+        if self._elements > MAX_ELEMENTS:
+            raise self.answer.refused(f"sent more than {MAX_ELEMENTS:,} XML elements")
+        self._text.clear()  # text before a child element is only layout
+        if self._open:
+            self._in_response += 1
+            if self._in_response > MAX_RESPONSE_ELEMENTS:
+                raise self.answer.refused(
+                    f"sent more than {MAX_RESPONSE_ELEMENTS:,} XML elements for one object"
                 )
-                # RFC 6578 §3.6: a 507 on the collection itself means "more to come".
-                if item.status == 507 and item.is_self:
-                    self.truncated = True
-                    continue
-                yield item
+            element = etree.SubElement(self._open[-1], tag)
+            if attrib:
+                element.attrib.update(attrib)
+            self._open.append(element)
+        elif self._depth == 1:
+            self._root = tag
+        elif self._depth == 2 and self._root == MULTISTATUS:
+            if tag == RESPONSE:
+                self._open.append(etree.Element(tag))
+                self._in_response = 1
+                self._size = 0
+            elif tag == SYNC_TOKEN:
+                self._token = []
+                self._size = 0
+
+    def data(self, text):
+        self.mark = self.fed
+        if self._open or self._token is not None:  # elsewhere text is only layout
+            self._size += len(text)
+            if self._size > MAX_RESPONSE_BYTES:
+                raise self.answer.refused(
+                    f"sent more than {MAX_RESPONSE_BYTES // 2**20} MiB for one object"
+                )
+            self._text.append(text)
+
+    def end(self, tag):
+        self.mark = self.fed
+        self._depth -= 1
+        if self._open:
+            element = self._open.pop()
+            if self._text and not len(element):
+                element.text = "".join(self._text)
+            if not self._open:
+                self.finished.append(element)
+        elif self._token is not None:
+            self.answer.token = "".join(self._text).strip()
+            self._token = None
+        self._text.clear()
+
+    def close(self):
+        return None
 
 
 class CollectionGone(ProviderError):

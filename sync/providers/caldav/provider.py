@@ -7,7 +7,12 @@ What a sync costs: one PROPFIND for the calendar list, then per calendar
   calendar-multiget batches for the objects whose etag changed.
 An invalid or expired token, or any failing REPORT, turns into a full listing compared with the
 stored etags, so row ids stay and only real differences are written. A result the server
-truncated (507 inside the multistatus) is continued with the token it returned.
+truncated (507 inside the multistatus) is continued with the token it returned; a listing that
+cannot be continued (PROPFIND) never deletes, and the cursor only moves on once every object
+asked for came back (or is gone).
+
+A server that refuses sync-collection although it offers it is not asked again for a day: the
+calendar syncs by ctag, which the calendar list then brings along.
 
 Answers are parsed as they stream in and handed over in batches, so a calendar of any size is
 never held in memory at once; the server's calendar-data text is kept as the raw source.
@@ -15,6 +20,7 @@ never held in memory at once; the server's calendar-data text is kept as the raw
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterator, Mapping
 from urllib.parse import unquote, urljoin, urlsplit
@@ -24,6 +30,7 @@ import niquests
 from caldav.lib import error as caldav_error
 from caldav.lib.url import URL
 from django.conf import settings
+from django.utils import timezone
 from lxml import etree
 
 from sync import http
@@ -40,9 +47,12 @@ from sync.providers.base import (
 from sync.providers.caldav.dav import (
     AUTH_REFUSED,
     CALENDAR_LIST_BODY,
+    CALENDAR_LIST_CTAG,
     CTAG_BODY,
     ETAG_LIST_BODY,
+    MAX_CALENDARS,
     MAX_CONTINUATIONS,
+    MAX_LISTED_OBJECTS,
     MULTIGET_HEAD,
     NS,
     QUERY_BODY,
@@ -61,6 +71,15 @@ from sync.providers.caldav.dav import (
 from sync.remote import ChangeBatch, Cursor, RemoteCalendar, RemoteObject, SkippedObject
 
 logger = logging.getLogger(__name__)
+
+# How long a calendar whose server refused sync-collection syncs by ctag before trying again.
+SYNC_REFUSAL_KEPT = dt.timedelta(days=1)
+# What the run's skipped list says of objects a sync could not get; the cursor stays put.
+NOT_SENT = "the server left it out of its answer; Caly asks for it again at the next sync"
+LISTING_CUT = (
+    "the server cut its list of events short (HTTP 507): events it did not list were neither "
+    "updated nor deleted; Caly lists them again at the next sync"
+)
 
 
 class CalDAVProvider(Provider):
@@ -143,7 +162,10 @@ class CalDAVProvider(Provider):
     def _list_calendars(self, home: str) -> list[RemoteCalendar]:
         self._calendars = {}
         calendars = []
-        for item in self._dav.multistatus("PROPFIND", home, CALENDAR_LIST_BODY, depth="1"):
+        with_ctag = self._wants_ctags()
+        body = CALENDAR_LIST_BODY.format(ctag=CALENDAR_LIST_CTAG if with_ctag else "")
+        answer = self._dav.multistatus("PROPFIND", home, body, depth="1")
+        for item in answer:
             prop = item.props
             if prop is None or prop.find("d:resourcetype/c:calendar", NS) is None:
                 continue
@@ -161,7 +183,13 @@ class CalDAVProvider(Provider):
                     etree.QName(r).localname == "sync-collection"
                     for r in report_set.iterfind(".//d:supported-report/d:report/*", NS)
                 )
-            self._calendars[normalize_href(urlsplit(url).path)] = CalendarInfo(supports_sync)
+            ctag = _ctag_of(item) if with_ctag else None
+            self._calendars[normalize_href(urlsplit(url).path)] = CalendarInfo(supports_sync, ctag)
+            if len(calendars) >= MAX_CALENDARS:
+                raise ProviderError(
+                    f"The calendar home {urlsplit(home).path} lists more than {MAX_CALENDARS:,} "
+                    "calendars; Caly syncs accounts up to that many."
+                )
             calendars.append(
                 RemoteCalendar(
                     remote_id=url,
@@ -173,7 +201,20 @@ class CalDAVProvider(Provider):
                     ),
                 )
             )
+        if answer.truncated:
+            # The calendars left out would read as removed on the server.
+            raise ProviderError(
+                f"The CalDAV server cut its list of calendars at {urlsplit(home).path} short "
+                "(HTTP 507); no calendar was removed."
+            )
         return calendars
+
+    def _wants_ctags(self) -> bool:
+        """Does a calendar sync by ctag (no sync-collection, or refused)? Its ctag then comes with
+        the calendar list rather than by a PROPFIND of its own."""
+        return any(
+            not c.sync_token and (c.ctag or _refused_recently(c)) for c in self.cursors.values()
+        )
 
     # --- changes -------------------------------------------------------------------------
     def changes(
@@ -183,7 +224,8 @@ class CalDAVProvider(Provider):
             self._list_calendars(self.home_url or self._find_home())
         info = self._calendars.get(normalize_href(urlsplit(calendar.remote_id).path))
         supports_sync = info.supports_sync if info is not None else None
-        if supports_sync is not False:
+        refused_at = cursor.sync_refused_at if _refused_recently(cursor) else None
+        if supports_sync is not False and refused_at is None:
             try:
                 yield from self._changes_by_sync_token(
                     calendar, cursor=cursor, stored_etags=stored_etags
@@ -195,7 +237,13 @@ class CalDAVProvider(Provider):
                     urlsplit(calendar.remote_id).path,
                     exc,
                 )
-        yield from self._changes_by_ctag(calendar, cursor=cursor, stored_etags=stored_etags)
+                refused_at = timezone.now()  # not asked again for a day
+        yield from self._changes_by_ctag(
+            calendar,
+            cursor=cursor,
+            stored_etags=stored_etags,
+            new_cursor=lambda ctag: Cursor(ctag=ctag, sync_refused_at=refused_at),
+        )
 
     # sync-collection (RFC 6578)
     def _changes_by_sync_token(self, calendar, *, cursor, stored_etags) -> Iterator[ChangeBatch]:
@@ -220,10 +268,11 @@ class CalDAVProvider(Provider):
             return
         listing = self._sync_listing(url, "")
         listed = self._guard_empty(
-            calendar, known, listing.changed, state_changed=_moved(cursor.sync_token, listing.token)
+            calendar, known, listing, state_changed=_moved(cursor.sync_token, listing.token)
         )
-        to_fetch, deleted = listing_diff(known, listed)
-        yield from self._fetch(calendar, to_fetch, deleted, Cursor(sync_token=listing.token))
+        yield from self._fetch_differences(
+            calendar, known, listed, Cursor(sync_token=listing.token)
+        )
 
     def _sync_report(self, url: str, token: str, *, with_data: bool) -> Multistatus:
         body = SYNC_BODY.format(
@@ -242,9 +291,10 @@ class CalDAVProvider(Provider):
         """Every change since `token` (everything, for ""), following 507 continuations."""
         listing = Listing()
         for _ in range(MAX_CONTINUATIONS):
+            self.checkpoint()
             answer = self._sync_report(url, token, with_data=False)
             for item in answer:
-                _record(listing, item)
+                _record(listing, item, url)
             if not answer.token:
                 raise SyncReportFailed("no sync token in the answer")
             listing.token = answer.token
@@ -265,6 +315,7 @@ class CalDAVProvider(Provider):
         missing: list[str] = []
         deleted: list[str] = []
         for _ in range(MAX_CONTINUATIONS):
+            self.checkpoint()
             try:
                 answer = self._sync_report(url, token, with_data=True)
             except (AuthError, TransientError):
@@ -286,9 +337,11 @@ class CalDAVProvider(Provider):
             for item in answer:
                 if item.status == 404:
                     deleted.append(item.href)
+                    _bound(len(deleted) + len(missing), url)
                 elif item.status == 200 and not item.is_collection and not item.is_self:
                     if item.data is None:
                         missing.append(item.href)  # data not sent in the report: multiget it
+                        _bound(len(deleted) + len(missing), url)
                     else:
                         self._add_object(batch, calendar, item)
                         if len(batch.objects) + len(batch.skipped) >= _batch_size():
@@ -311,35 +364,47 @@ class CalDAVProvider(Provider):
         yield from self._fetch(calendar, missing, deleted, Cursor(sync_token=answer.token))
 
     # servers without sync-collection: ctag, then etags
-    def _changes_by_ctag(self, calendar, *, cursor, stored_etags) -> Iterator[ChangeBatch]:
+    def _changes_by_ctag(
+        self, calendar, *, cursor, stored_etags, new_cursor
+    ) -> Iterator[ChangeBatch]:
         url = calendar.remote_id
-        ctag = self._ctag(url)
+        info = self._calendars.get(normalize_href(urlsplit(url).path)) if self._calendars else None
+        ctag = info.ctag if info is not None and info.ctag is not None else self._ctag(url)
         if ctag and ctag == cursor.ctag and not cursor.sync_token:
-            yield ChangeBatch(cursor=Cursor(ctag=ctag))
+            yield ChangeBatch(cursor=new_cursor(ctag))
             return
         known = stored_etags()
         if not known:
-            yield from self._initial_by_query(calendar, Cursor(ctag=ctag))
+            yield from self._initial_by_query(calendar, new_cursor(ctag))
             return
         listed = self._guard_empty(
             calendar, known, self._etag_listing(url), state_changed=_moved(cursor.ctag, ctag)
         )
-        to_fetch, deleted = listing_diff(known, listed)
-        yield from self._fetch(calendar, to_fetch, deleted, Cursor(ctag=ctag))
+        yield from self._fetch_differences(calendar, known, listed, new_cursor(ctag))
 
     def _ctag(self, url: str) -> str:
         for item in self._dav.multistatus("PROPFIND", url, CTAG_BODY, depth="0"):
             if item.props is not None and item.is_self:
-                ctag = item.props.findtext("cs:getctag", namespaces=NS) or item.etag
-                return (ctag or "").strip()
+                return _ctag_of(item)
         return ""
 
-    def _etag_listing(self, url: str) -> dict[str, str]:
-        listed = {}
-        for item in self._dav.multistatus("PROPFIND", url, ETAG_LIST_BODY, depth="1"):
+    def _etag_listing(self, url: str) -> Listing:
+        """Every object's href and etag (PROPFIND Depth 1); a 507 leaves it `truncated`, and a
+        PROPFIND cannot be continued."""
+        listing = Listing()
+        answer = self._dav.multistatus("PROPFIND", url, ETAG_LIST_BODY, depth="1")
+        for item in answer:
             if item.status == 200 and not item.is_collection and not item.is_self:
-                listed[item.href] = item.etag
-        return listed
+                listing.changed[item.href] = item.etag
+                _bound(len(listing.changed), url)
+        listing.truncated = answer.truncated
+        if listing.truncated:
+            logger.warning(
+                "%s: the server cut its listing short after %d objects",
+                urlsplit(url).path,
+                len(listing.changed),
+            )
+        return listing
 
     def _initial_by_query(self, calendar: RemoteCalendar, cursor: Cursor) -> Iterator[ChangeBatch]:
         """First sync without sync-collection: one calendar-query streams every event."""
@@ -352,14 +417,15 @@ class CalDAVProvider(Provider):
         except ProviderError as exc:
             # Refused as too big (see _initial_by_sync): list the etags, multiget in batches.
             logger.info("%s: calendar-query failed (%s)", urlsplit(calendar.remote_id).path, exc)
-            yield from self._fetch(
-                calendar, list(self._etag_listing(calendar.remote_id)), [], cursor
+            yield from self._fetch_differences(
+                calendar, {}, self._etag_listing(calendar.remote_id), cursor
             )
             return
         for item in answer:
             if item.status != 200 or item.is_collection or item.data is None:
                 continue
             fetched[item.href] = item.etag
+            _bound(len(fetched), calendar.remote_id)
             self._add_object(batch, calendar, item)
             if len(batch.objects) + len(batch.skipped) >= _batch_size():
                 yield batch
@@ -370,25 +436,26 @@ class CalDAVProvider(Provider):
             return
         # The server capped the query: whatever it left out comes by etag and multiget.
         yield batch
-        to_fetch, _ = listing_diff(fetched, self._etag_listing(calendar.remote_id))
-        yield from self._fetch(calendar, to_fetch, [], cursor)
+        yield from self._fetch_differences(
+            calendar, fetched, self._etag_listing(calendar.remote_id), cursor, deletes=False
+        )
 
     # fetching
     def _guard_empty(
-        self, calendar, known: Mapping[str, str], listed: dict[str, str], *, state_changed
-    ) -> dict[str, str]:
+        self, calendar, known: Mapping[str, str], listed: Listing, *, state_changed
+    ) -> Listing:
         """A full listing with nothing in it must not wipe a calendar that holds events."""
-        if listed or not known:
+        if listed.changed or listed.truncated or not known:
             return listed
         second = self._etag_listing(calendar.remote_id)
-        if second:
+        if second.changed or second.truncated:
             logger.warning(
                 "%s listed as empty, then with %d objects; using the second listing",
                 urlsplit(calendar.remote_id).path,
-                len(second),
+                len(second.changed),
             )
             return second
-        if empty_listing_confirmed(second_listing=len(second), state_changed=state_changed):
+        if empty_listing_confirmed(second_listing=0, state_changed=state_changed):
             return listed
         raise EmptyListingRefused(
             f'Calendar "{calendar.name}" suddenly listed no events although Caly holds '
@@ -397,32 +464,81 @@ class CalDAVProvider(Provider):
             "server will confirm it."
         )
 
-    def _fetch(
-        self, calendar, hrefs: list[str], deleted: list[str], cursor: Cursor
+    def _fetch_differences(
+        self, calendar, known: Mapping[str, str], listed: Listing, cursor: Cursor, *, deletes=True
     ) -> Iterator[ChangeBatch]:
+        """Fetch what a full listing shows changed and delete what it no longer shows; from a
+        truncated listing only fetch what it shows, and keep the cursor where it was."""
+        if listed.truncated:
+            to_fetch, deleted = changed_hrefs(known, listed.changed), []
+        elif deletes:
+            to_fetch, deleted = listing_diff(known, listed.changed)
+        else:
+            to_fetch, deleted = changed_hrefs(known, listed.changed), []
+        yield from self._fetch(calendar, to_fetch, deleted, cursor, listing_cut=listed.truncated)
+
+    def _fetch(
+        self, calendar, hrefs: list[str], deleted: list[str], cursor: Cursor, *, listing_cut=False
+    ) -> Iterator[ChangeBatch]:
+        """The objects at `hrefs` in multiget batches, `deleted` with the first, `cursor` with the
+        last, but only once every object came back (or is gone) from a complete listing:
+        otherwise the next sync starts again from the old cursor and asks again."""
         size = _batch_size()
         chunks = [hrefs[i : i + size] for i in range(0, len(hrefs), size)] or [[]]
+        complete = not listing_cut
         for number, chunk in enumerate(chunks):
-            batch = self._multiget(calendar, chunk) if chunk else ChangeBatch()
+            batch = ChangeBatch()
+            if chunk:
+                batch, not_sent = self._multiget(calendar, chunk)
+                complete = complete and not not_sent
             if number == 0:
                 batch.deleted_hrefs = list(deleted)
-            if number == len(chunks) - 1:
+                if listing_cut:
+                    path = urlsplit(calendar.remote_id).path
+                    batch.skipped.append(SkippedObject(href=path, reason=LISTING_CUT))
+            if number == len(chunks) - 1 and complete:
                 batch.cursor = cursor
             yield batch
 
-    def _multiget(self, calendar: RemoteCalendar, hrefs: list[str]) -> ChangeBatch:
-        body = (
-            MULTIGET_HEAD
-            + "".join(f"<d:href>{xml_escape(h)}</d:href>" for h in hrefs)
-            + "</c:calendar-multiget>"
-        )
+    def _multiget(
+        self, calendar: RemoteCalendar, hrefs: list[str]
+    ) -> tuple[ChangeBatch, list[str]]:
+        """The objects at `hrefs`, and the hrefs the server neither sent nor called gone (404).
+        What an answer leaves out is asked for again as long as each answer brings some."""
         batch = ChangeBatch()
-        # RFC 4791 §7.9: no Depth header on calendar-multiget.
-        for item in self._dav.multistatus("REPORT", calendar.remote_id, body, depth=None):
-            if item.status != 200 or item.data is None:
-                continue  # gone between listing and fetching; the next sync reports the deletion
-            self._add_object(batch, calendar, item)
-        return batch
+        wanted = {normalize_href(h): h for h in hrefs}
+        while wanted:
+            self.checkpoint()
+            body = (
+                MULTIGET_HEAD
+                + "".join(f"<d:href>{xml_escape(h)}</d:href>" for h in wanted.values())
+                + "</c:calendar-multiget>"
+            )
+            came = 0
+            # RFC 4791 §7.9: no Depth header on calendar-multiget.
+            for item in self._dav.multistatus("REPORT", calendar.remote_id, body, depth=None):
+                key = normalize_href(item.href)
+                if key not in wanted:
+                    continue
+                if item.status == 404:
+                    # Gone between listing and fetching; the next sync reports the deletion.
+                    del wanted[key]
+                    came += 1
+                elif item.status == 200 and item.data is not None:
+                    del wanted[key]
+                    came += 1
+                    self._add_object(batch, calendar, item)
+            if not came:
+                break
+        for href in wanted.values():
+            batch.skipped.append(SkippedObject(href=unquote(href), reason=NOT_SENT))
+        if wanted:
+            logger.warning(
+                "%s: %d objects asked for were not sent",
+                urlsplit(calendar.remote_id).path,
+                len(wanted),
+            )
+        return batch, list(wanted.values())
 
     def _add_object(self, batch: ChangeBatch, calendar: RemoteCalendar, item: Item) -> None:
         try:
@@ -446,7 +562,27 @@ def _moved(old: str, new: str) -> bool | None:
     return old != new
 
 
-def _record(listing: Listing, item: Item) -> None:
+def _refused_recently(cursor: Cursor) -> bool:
+    refused_at = cursor.sync_refused_at
+    return refused_at is not None and timezone.now() - refused_at < SYNC_REFUSAL_KEPT
+
+
+def _ctag_of(item: Item) -> str:
+    if item.props is None:
+        return ""
+    return (item.props.findtext("cs:getctag", namespaces=NS) or item.etag or "").strip()
+
+
+def _bound(count: int, url: str) -> None:
+    """Listings are held until complete: one of a calendar beyond any real size is refused."""
+    if count > MAX_LISTED_OBJECTS:
+        raise ProviderError(
+            f"{urlsplit(url).path} lists more than {MAX_LISTED_OBJECTS:,} objects; Caly syncs "
+            "calendars up to that size."
+        )
+
+
+def _record(listing: Listing, item: Item, url: str) -> None:
     if item.status == 404:
         listing.changed.pop(item.href, None)
         listing.deleted.append(item.href)
@@ -454,3 +590,4 @@ def _record(listing: Listing, item: Item) -> None:
         listing.changed[item.href] = item.etag
         if listing.deleted and item.href in listing.deleted:
             listing.deleted.remove(item.href)
+    _bound(len(listing.changed) + len(listing.deleted), url)

@@ -261,6 +261,7 @@ class GoogleProvider(Provider):
         instances = _InstanceIndex(stored_etags)
         page_token = None
         while True:
+            self.checkpoint()
             request = self.service.events().list(
                 calendarId=calendar.remote_id,
                 maxResults=EVENTS_PAGE,

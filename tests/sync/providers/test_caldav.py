@@ -163,6 +163,11 @@ def test_invalid_token_resyncs_fully_keeping_rows(user, server, cal, proxy):
     assert counts(run_sync(account)) == ("succeeded", 0, 0, 0)
 
 
+# The runner (sync/services/runs.py) hands the provider the stored cursors before the calendar
+# list and each calendar's refusal in its cursor; until it does, this test expects to fail.
+@pytest.mark.xfail(
+    strict=True, reason="sync/services/runs.py: provider.cursors, Cursor.sync_refused_at"
+)
 @pytest.mark.parametrize("how", ["hidden", "refused"])
 def test_servers_without_sync_collection_use_ctag_and_etags(user, server, cal, proxy, how):
     proxy.hide_sync = how == "hidden"
@@ -177,23 +182,27 @@ def test_servers_without_sync_collection_use_ctag_and_etags(user, server, cal, p
     assert calendar.sync_token == "" and calendar.ctag
     first = rows(calendar)
 
+    assert (calendar.sync_refused_at is not None) == (how == "refused")
     proxy.requests.clear()
     with CaptureQueriesContext(connection) as queries:
         assert counts(run_sync(account)) == ("succeeded", 0, 0, 0)
-    # Unchanged ctag: nothing listed, nothing fetched. No stored event is read either, unless the
-    # server offers sync-collection and then refuses it (a full sync-collection is tried first,
-    # and which one it is depends on whether the calendar has events).
-    assert proxy.count("PROPFIND") == 2
-    assert proxy.count(report="calendar-multiget") == proxy.count(report="calendar-query") == 0
-    assert reads_events(queries) == (how == "refused")
+    # Unchanged ctag, which came with the calendar list: nothing else is asked, no stored event
+    # read. A server that refused sync-collection is not asked for it again for a day.
+    assert [(r.method, r.report) for r in proxy.requests] == [("PROPFIND", "")]
+    assert not reads_events(queries)
 
     server.put(cal, "e1.ics", vevent("e1@example.com", summary="Moved"))
     server.delete(cal, "e2.ics")
     server.put(cal, "e9.ics", vevent("e9@example.com"))
     proxy.requests.clear()
     assert counts(run_sync(account)) == ("succeeded", 1, 1, 1)
-    multigets = [r for r in proxy.requests if r.report == "calendar-multiget"]
-    assert [r.hrefs for r in multigets] == [2]  # only the changed and the new object
+    # The calendar list, every etag, one multiget of the changed and the new object: as many
+    # requests as with sync-collection.
+    assert [(r.method, r.report, r.hrefs) for r in proxy.requests] == [
+        ("PROPFIND", "", 0),
+        ("PROPFIND", "", 0),
+        ("REPORT", "calendar-multiget", 2),
+    ]
     after = rows(calendar)
     assert after[("e1@example.com", "")].summary == "Moved"
     assert after[("e0@example.com", "")].updated_at == first[("e0@example.com", "")].updated_at
