@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 
+import amqp.exceptions
 from django.conf import settings
 from kombu import Exchange, Queue
+from kombu.exceptions import OperationalError
 
 from caly.celery import app
 from caly.queues import durable_queue
@@ -69,15 +71,21 @@ def publish_run(*, run_id: int, task_id: str, delay: int = 0) -> None:
     """Publish a run's id to the sync queue (or to a delay queue in front of it), confirmed.
 
     Raises kombu/socket errors if RabbitMQ could not take it after the publish retries
-    (publisher confirms and the retry policy are the app's settings, CELERY_TASK_PUBLISH_*).
+    (publisher confirms and the retry policy are the app's settings, CELERY_TASK_PUBLISH_*),
+    and kombu's OperationalError if it refused the queue.
     """
     queue = delay_queue(delay) if delay > 0 else sync_queue()
-    app.send_task(
-        RUN_SYNC,
-        args=[run_id],
-        task_id=task_id,
-        queue=queue,
-        exchange=queue.exchange,
-        routing_key=queue.routing_key,
-        declare=[queue],
-    )
+    try:
+        app.send_task(
+            RUN_SYNC,
+            args=[run_id],
+            task_id=task_id,
+            queue=queue,
+            exchange=queue.exchange,
+            routing_key=queue.routing_key,
+            declare=[queue],
+        )
+    except amqp.exceptions.ChannelError as exc:
+        # RabbitMQ refused the queue: in a cluster, a (classic) delay queue whose node is down
+        # is a 404 to every other node. The run is left to the reaper like any broker outage.
+        raise OperationalError(f"RabbitMQ refused {queue.name}: {exc}") from exc
