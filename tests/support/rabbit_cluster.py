@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -22,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.polling import wait_for
-from tests.support.ports import free_port
 
 # The scripts themselves: /usr/sbin's wrappers switch to the `rabbitmq` user and its HOME, whose
 # cookie is the machine broker's.
@@ -126,6 +126,21 @@ class RabbitNode:
             what=f"RabbitMQ node {self.name} to boot",
         )
 
+    def first_boot(self, attempts: int = 3) -> None:
+        """Boot a new node; if a port it was given was taken meanwhile, again on other ports."""
+        for attempt in range(attempts):
+            self.write_config()
+            self.start()
+            try:
+                self.await_startup()
+                return
+            except AssertionError:
+                if attempt == attempts - 1 or "eaddrinuse" not in self.log_tail(400):
+                    raise
+            self.kill()
+            shutil.rmtree(self.base, ignore_errors=True)
+            self.port, self.dist_port = free_ports(2)
+
     def stop(self, timeout: float = 60) -> None:
         """`rabbitmqctl stop`: the node shuts down in order, as in a maintenance restart."""
         if not self.running():
@@ -208,11 +223,12 @@ def start_cluster(size: int) -> RabbitCluster:
     cookie = root / ".erlang.cookie"
     cookie.write_text(secrets.token_hex(20))
     cookie.chmod(0o400)
+    ports = free_ports(2 * size)
     nodes = [
         RabbitNode(
             name=f"caly-{tag}-{n}@localhost",
-            port=free_port(),
-            dist_port=free_port(),
+            port=ports[2 * n - 2],
+            dist_port=ports[2 * n - 1],
             home=root,
             base=root / f"node{n}",
         )
@@ -220,10 +236,7 @@ def start_cluster(size: int) -> RabbitCluster:
     ]
     cluster = RabbitCluster(nodes=nodes, root=root)
     try:
-        for node in nodes:
-            node.write_config()
-            node.start()
-        _in_parallel(RabbitNode.await_startup, nodes)
+        _in_parallel(RabbitNode.first_boot, nodes)
         first, rest = nodes[0], nodes[1:]
         _in_parallel(lambda node: _join(node, first), rest)
         if rest:
@@ -237,6 +250,18 @@ def start_cluster(size: int) -> RabbitCluster:
         cluster.stop()
         raise
     return cluster
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different free loopback ports (held together while chosen, so no two are equal)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _in_parallel(work, items) -> None:
