@@ -3,9 +3,10 @@
 Users hand Caly URLs. Unchecked, a URL, a redirect or a DNS answer that changes between the check
 and the connection could point a worker at this machine, the internal network or a cloud metadata
 service (169.254.169.254). So: only http and https; a host whose name resolves to a loopback,
-private, link-local, unspecified, multicast or reserved address is refused, at the API and again
-for every connection the shared HTTP session opens (`GuardedResolver`), so a rebinding DNS answer
-meets the same rule. `CALY_ALLOW_PRIVATE_URLS` lifts the address rule (development, tests).
+private, link-local, site-local, unspecified, multicast or reserved address is refused, at the
+API and again for every connection the shared HTTP session opens (`GuardedResolver`), so a
+rebinding DNS answer meets the same rule. `CALY_ALLOW_PRIVATE_URLS` lifts the address rule
+(development, tests).
 
 A server may also answer forever, slowly, or with gigabytes. Each request has one deadline,
 CALY_HTTP_DEADLINE_SECONDS from its start (redirects included): until the status line and headers
@@ -81,6 +82,10 @@ def address_is_public(ip: IPAddress) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and not all(
         address_is_public(v4) for v4 in _embedded_ipv4(ip)
     ):
+        return False
+    # fec0::/10, the withdrawn IPv6 site-local range, is still routed inside some networks;
+    # Python 3.11 counts it as global.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
         return False
     return ip.is_global and not (
         ip.is_private

@@ -78,6 +78,8 @@ def _connect(api, url: str):
         "::",
         "fe80::1",
         "fc00::1",
+        "fec0::1",  # IPv6 site-local, withdrawn but still routed on some networks
+        "feff:ffff::1",  # the top of fec0::/10
         "ff02::1",
         "::ffff:10.0.0.1",  # IPv4-mapped
         "2002:a00:1::",  # 6to4 around 10.0.0.1
