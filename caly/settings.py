@@ -179,8 +179,13 @@ REST_FRAMEWORK = {
         "event_read": env.str("CALY_THROTTLE_EVENTS", default="60/minute"),
     },
 }
-# Throttle counts live here: per process unless CALY_CACHE_URL names a shared cache.
-CACHES = {"default": env.cache_url("CALY_CACHE_URL", default="locmemcache://")}
+# Throttle counts live here, so every web process must see the same cache: by default a table
+# in the database (created by `migrate`); CALY_CACHE_URL names another (rediscache://...).
+# The database cache evicts live entries past MAX_ENTRIES (300 unless told): that would forget
+# the counts of users who posted within the last minute, so it holds 10,000.
+CACHES = {
+    "default": env.cache_url("CALY_CACHE_URL", default="dbcache://caly_cache?max_entries=10000")
+}
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Caly API",
