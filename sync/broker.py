@@ -72,7 +72,7 @@ def publish_run(*, run_id: int, task_id: str, delay: int = 0) -> None:
 
     Raises kombu/socket errors if RabbitMQ could not take it after the publish retries
     (publisher confirms and the retry policy are the app's settings, CELERY_TASK_PUBLISH_*),
-    and kombu's OperationalError if it refused the queue.
+    and kombu's OperationalError if the queue's node is down.
     """
     queue = delay_queue(delay) if delay > 0 else sync_queue()
     try:
@@ -85,7 +85,8 @@ def publish_run(*, run_id: int, task_id: str, delay: int = 0) -> None:
             routing_key=queue.routing_key,
             declare=[queue],
         )
-    except amqp.exceptions.ChannelError as exc:
-        # RabbitMQ refused the queue: in a cluster, a (classic) delay queue whose node is down
-        # is a 404 to every other node. The run is left to the reaper like any broker outage.
+    except amqp.exceptions.NotFound as exc:
+        # In a cluster, a (classic) delay queue whose node is down is a 404 to every other
+        # node: the run is left to the reaper like any broker outage. (Other refusals, such as
+        # a queue declared with other arguments, are configuration errors and stay loud.)
         raise OperationalError(f"RabbitMQ refused {queue.name}: {exc}") from exc
