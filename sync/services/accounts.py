@@ -71,8 +71,10 @@ def account_connect(
 def account_update(*, account: Account, credentials: dict | None = None, **fields) -> Account:
     """Change an account; new credentials make an account that needed them active again.
 
-    An account an administrator disabled stays disabled.
+    Only the fields changed here are written: a sync may be recording the account's status,
+    last sync or error meanwhile. An account an administrator disabled stays disabled.
     """
+    changed = set(fields)
     for name, value in fields.items():
         setattr(account, name, value)
     if credentials:
@@ -81,10 +83,17 @@ def account_update(*, account: Account, credentials: dict | None = None, **field
         except ImproperlyConfigured:  # unreadable with today's keys: the new ones replace them
             current = {}
         account.credentials = {**current, **credentials}
+        account.last_error = ""
+        changed |= {"credentials", "last_error"}
+        # The status as it is now, not as it was when the caller read the account.
+        account.status = (
+            Account.objects.select_for_update().values_list("status", flat=True).get(pk=account.pk)
+        )
         if account.status == Account.Status.NEEDS_REAUTH:
             account.status = Account.Status.ACTIVE
-        account.last_error = ""
-    account.save()
+            changed.add("status")
+    if changed:
+        account.save(update_fields=[*changed, "updated_at"])
     return account
 
 
