@@ -81,6 +81,12 @@ def token_key(refresh_token: str) -> str:
     return hashlib.sha256(material.encode()).hexdigest()
 
 
+# The address Google itself gave for each grant (the id of its primary calendar), by token_key:
+# what the user's request budget is keyed on. Never the account's username, which its owner
+# types and edits, and which may name somebody else.
+_verified_addresses: dict[str, str] = {}
+
+
 class GoogleProvider(Provider):
     """One Google account. `credentials` holds the OAuth refresh token; `username` its address."""
 
@@ -144,11 +150,13 @@ class GoogleProvider(Provider):
         self._master_uids.clear()
 
     def _budget_key(self) -> str:
-        # Google counts requests per user: the account's address once known (several Caly
-        # accounts may be the same Google user), else the grant itself.
-        if self.username:
-            return f"google:{self.username.lower()}"
-        return "google:grant:" + token_key(self.refresh_token)[:32]
+        # Google counts requests per user: the address Google gave for this grant once it has
+        # (several Caly accounts may be the same Google user), else the grant itself.
+        grant = token_key(self.refresh_token)
+        address = _verified_addresses.get(grant)
+        if address:
+            return f"google:{address.lower()}"
+        return "google:grant:" + grant[:32]
 
     def _spend_budget(self) -> None:
         try:
@@ -219,6 +227,7 @@ class GoogleProvider(Provider):
                     continue
                 if entry.primary:
                     self.username = entry.id
+                    _verified_addresses[token_key(self.refresh_token)] = entry.id
                 calendars.append(
                     RemoteCalendar(
                         remote_id=entry.id,

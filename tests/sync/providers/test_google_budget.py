@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import threading
 import time
 
 import pytest
 from django.db import connection
 
+from calendars.models import Account, Event
+from sync import selectors, services
 from sync.budget import BudgetExhausted, budget_spend
 from sync.models import RequestBudget
+from sync.providers import provider_for
+from sync.providers.base import TransientError
+from sync.remote import Cursor
+from tests.factories import make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -59,3 +67,74 @@ def test_budgets_of_different_users_are_independent():
     for _ in range(3):
         budget_spend(key="test:carol", requests=30, window=3.0, max_wait=0)
     assert budget_spend(key="test:dave", requests=30, window=3.0, max_wait=0) == 0
+
+
+# --- whose budget a Google account spends ------------------------------------------------------
+@pytest.fixture
+def tight_budget(settings, google):
+    for name, value in google.settings().items():
+        setattr(settings, name, value)
+    # A burst of 10 requests, then one every 40 s; no waiting in place.
+    settings.CALY_GOOGLE_USER_REQUESTS = 100
+    settings.CALY_GOOGLE_USER_WINDOW_SECONDS = 3600
+    settings.CALY_GOOGLE_MAX_WAIT_SECONDS = 0
+    return settings
+
+
+def sync(account: Account) -> None:
+    """One sync of every calendar of the account, in-process, as a worker runs it."""
+    account.refresh_from_db()
+    provider = provider_for(account)
+    try:
+        remote = provider.discover()
+        by_id = {r.remote_id: r for r in remote}
+        for listed in services.calendars_reconcile(account=account, remote=remote):
+            calendar = listed.calendar
+            etags = functools.partial(selectors.stored_etags, calendar_id=calendar.pk)
+            changes = provider.changes(
+                by_id[calendar.remote_id], cursor=Cursor(), stored_etags=etags
+            )
+            for batch in changes:
+                services.events_apply(calendar=calendar, batch=batch)
+    finally:
+        provider.close()
+
+
+def test_an_account_naming_another_google_user_spends_only_its_own_budget(
+    api, google, tight_budget
+):
+    victim = google.add_user()
+    google.insert_event(victim, summary="Dentist")
+    victims_account = services.account_connect(
+        owner=make_user("victim"),
+        provider="google",
+        name="Mine",
+        credentials={"refresh_token": victim.refresh_token},
+    )
+    # Another user connects a Google account of their own, then says it is the victim's.
+    intruder = google.add_user()
+    connected = api.post(
+        "/api/accounts/",
+        {
+            "provider": "google",
+            "name": "Not mine",
+            "username": victim.email,
+            "refresh_token": intruder.refresh_token,
+        },
+        format="json",
+    )
+    assert connected.status_code == 201, connected.json()
+    renamed = api.patch(
+        f"/api/accounts/{connected.json()['id']}/", {"username": victim.email}, format="json"
+    )
+    assert renamed.status_code == 200, renamed.json()
+    intruders_account = Account.objects.get(pk=connected.json()["id"])
+    for _ in range(12):
+        with contextlib.suppress(TransientError):  # its own budget is used up
+            sync(intruders_account)
+
+    sync(victims_account)
+
+    assert [e.summary for e in Event.objects.filter(calendar__account=victims_account)] == [
+        "Dentist"
+    ]
