@@ -30,7 +30,6 @@ from tests.sync.providers.caldav_helpers import (
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
 
-
 @pytest.fixture(params=["radicale", "xandikos"])
 def server(request):
     return request.getfixturevalue(request.param)
