@@ -106,7 +106,10 @@ class ListedCalendar:
 
 
 def calendars_reconcile(
-    *, account: Account, remote: Iterable[RemoteCalendar]
+    *,
+    account: Account,
+    remote: Iterable[RemoteCalendar],
+    stored: Iterable[Calendar] | None = None,
 ) -> list[ListedCalendar]:
     """Make the stored calendar list match the server's: add, rename, remove.
 
@@ -117,6 +120,7 @@ def calendars_reconcile(
 
     A calendar whose id (CalDAV href) is longer than Caly stores is left out, with a warning in
     the log; if that leaves none of the listed calendars, it is a ProviderError saying why.
+    `stored`: the account's calendars, if the caller has read them already.
     """
     listed = list(remote)
     remote = [item for item in listed if len(item.remote_id) <= CALENDAR_ID_MAX_LENGTH]
@@ -132,10 +136,9 @@ def calendars_reconcile(
                 f"Every calendar the server listed has an address longer than "
                 f"{CALENDAR_ID_MAX_LENGTH:,} characters, which Caly cannot store."
             )
-    existing = {
-        normalize_href(c.remote_id): c
-        for c in Calendar.objects.filter(account=account).order_by("pk")
-    }
+    if stored is None:
+        stored = Calendar.objects.filter(account=account).order_by("pk")
+    existing = {normalize_href(c.remote_id): c for c in stored}
     if not remote and existing:
         raise ProviderError(
             "The server listed no calendars at all; keeping the stored ones. "

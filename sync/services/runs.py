@@ -227,12 +227,16 @@ def _sync_account(
     provider = provider_for(account)
     # Inside the provider's own loops of requests (continuations, pages) too.
     provider.checkpoint = functools.partial(_checkpoint, heartbeat=heartbeat, deadline=deadline)
+    stored = list(Calendar.objects.filter(account=account).order_by("pk"))
+    # Where each selected calendar's last sync left off, before discovery (CalDAV asks for
+    # ctags in its calendar list when some calendar syncs by ctag).
+    provider.cursors = {c.remote_id: _cursor(c) for c in stored if c.selected}
     try:
         remote = provider.discover()
         if provider.home_url != account.home_url:
             account_home_url_check(home_url=provider.home_url)
             counts.account["home_url"] = provider.home_url
-        listed = calendars_reconcile(account=account, remote=remote)
+        listed = calendars_reconcile(account=account, remote=remote, stored=stored)
         by_id = {normalize_href(r.remote_id): r for r in remote}
         selected = [each for each in listed if each.calendar.selected]
         counts.calendars_total, counts.calendars_done = len(selected), 0
@@ -273,7 +277,7 @@ def _sync_calendar(
 ) -> None:
     # A calendar this sync added has no events to read until its first batch is stored.
     nothing_stored = added
-    cursor = Cursor(sync_token=calendar.sync_token, ctag=calendar.ctag)
+    cursor = _cursor(calendar)
     if nothing_stored:
         stored_etags = dict  # nothing to compare with
     else:  # read when the provider first asks, then kept for this sync
@@ -301,6 +305,14 @@ def _sync_calendar(
             counts.events_unrecorded = 0
         if batch.skipped:
             _record_skipped(run, calendar, batch)
+
+
+def _cursor(calendar: Calendar) -> Cursor:
+    return Cursor(
+        sync_token=calendar.sync_token,
+        ctag=calendar.ctag,
+        sync_refused_at=calendar.sync_refused_at,
+    )
 
 
 def _record_skipped(run: SyncRun, calendar: Calendar, batch: ChangeBatch) -> None:

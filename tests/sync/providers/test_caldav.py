@@ -163,11 +163,6 @@ def test_invalid_token_resyncs_fully_keeping_rows(user, server, cal, proxy):
     assert counts(run_sync(account)) == ("succeeded", 0, 0, 0)
 
 
-# The runner (sync/services/runs.py) hands the provider the stored cursors before the calendar
-# list and each calendar's refusal in its cursor; until it does, this test expects to fail.
-@pytest.mark.xfail(
-    strict=True, reason="sync/services/runs.py: provider.cursors, Cursor.sync_refused_at"
-)
 @pytest.mark.parametrize("how", ["hidden", "refused"])
 def test_servers_without_sync_collection_use_ctag_and_etags(user, server, cal, proxy, how):
     proxy.hide_sync = how == "hidden"
