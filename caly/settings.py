@@ -211,8 +211,9 @@ except ValueError:
 CALY_ALLOW_PRIVATE_URLS = env.bool("CALY_ALLOW_PRIVATE_URLS", default=False)
 CALY_HTTP_TIMEOUT = env.float("CALY_HTTP_TIMEOUT", default=30.0)
 # The timeout above bounds each wait for a packet; these bound one whole response, so a server
-# that trickles or streams forever cannot hold a worker: the time spent waiting for its body,
-# its size when read into memory, and its size when parsed as it streams in.
+# that trickles or streams forever cannot hold a worker: the time from sending a request to its
+# last header plus the time spent waiting for its body, its size when read into memory, and its
+# size when parsed as it streams in.
 CALY_HTTP_DEADLINE_SECONDS = env.float("CALY_HTTP_DEADLINE_SECONDS", default=300.0)
 CALY_HTTP_MAX_RESPONSE_BYTES = env.int("CALY_HTTP_MAX_RESPONSE_BYTES", default=32 * 2**20)
 CALY_HTTP_MAX_STREAMED_BYTES = env.int("CALY_HTTP_MAX_STREAMED_BYTES", default=256 * 2**20)

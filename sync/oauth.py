@@ -108,6 +108,8 @@ def _exchange(request, code: str, verifier: str) -> str:
         )
     except niquests.exceptions.RequestException as exc:
         raise _ExchangeFailed(f"Google could not be reached ({type(exc).__name__}).") from None
+    except ProviderError as exc:  # too slow, too big, unreadable: already in words
+        raise _ExchangeFailed(f"Google's answer could not be used: {exc}") from None
     try:
         body = response.json()
     except ValueError:
