@@ -15,7 +15,6 @@ from django.test.utils import CaptureQueriesContext
 from calendars.models import Calendar, Event
 from sync.models import SyncRun
 from tests.support.caldav_servers import vevent
-from tests.support.dav_proxy import DAVProxy
 from tests.sync.providers.caldav_helpers import (
     STALE_TOKENS,
     calendar_of,
@@ -30,25 +29,6 @@ from tests.sync.providers.caldav_helpers import (
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 UTC = dt.UTC
-
-
-@pytest.fixture(params=["radicale", "xandikos"])
-def server(request):
-    return request.getfixturevalue(request.param)
-
-
-@pytest.fixture
-def cal(server):
-    name = new_calendar(server)
-    yield name
-    server.delete_calendar(name)
-
-
-@pytest.fixture
-def proxy(server):
-    proxy = DAVProxy(server.base_url).start()
-    yield proxy
-    proxy.stop()
 
 
 def reads_events(queries: CaptureQueriesContext) -> bool:

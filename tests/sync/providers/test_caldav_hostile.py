@@ -21,32 +21,12 @@ from tests.sync.providers.caldav_helpers import (
     calendar_of,
     connect,
     counts,
-    new_calendar,
     only,
     rows,
     run_sync,
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
-
-
-@pytest.fixture(params=["radicale", "xandikos"])
-def server(request):
-    return request.getfixturevalue(request.param)
-
-
-@pytest.fixture
-def cal(server):
-    name = new_calendar(server)
-    yield name
-    server.delete_calendar(name)
-
-
-@pytest.fixture
-def proxy(server):
-    proxy = DAVProxy(server.base_url).start()
-    yield proxy
-    proxy.stop()
 
 
 def seed(server, cal: str, count: int) -> None:
