@@ -115,6 +115,26 @@ class Listing:
     token: str = ""
     truncated: bool = False  # the server cut it short (507): it says nothing of what it left out
 
+    def record(self, item: Item, url: str) -> None:
+        """Add one `<response>` of a listing of `url`: changed, or gone (404)."""
+        if item.status == 404:
+            self.changed.pop(item.href, None)
+            self.deleted.append(item.href)
+        elif item.status == 200 and not item.is_collection and not item.is_self:
+            self.changed[item.href] = item.etag
+            if self.deleted and item.href in self.deleted:
+                self.deleted.remove(item.href)
+        bound_listing(len(self.changed) + len(self.deleted), url)
+
+
+def bound_listing(count: int, url: str) -> None:
+    """Listings are held until complete: one of a calendar beyond any real size is refused."""
+    if count > MAX_LISTED_OBJECTS:
+        raise ProviderError(
+            f"{urlsplit(url).path} lists more than {MAX_LISTED_OBJECTS:,} objects; Caly syncs "
+            "calendars up to that size."
+        )
+
 
 @dataclass
 class CalendarInfo:

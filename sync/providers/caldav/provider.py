@@ -1,21 +1,7 @@
-"""CalDAV provider (RFC 4791 / 6578 / 6764): discovery on python-caldav, syncing on Caly's own XML.
-
-What a sync costs: one PROPFIND for the calendar list, then per calendar
-- with sync-collection (RFC 6578): one REPORT with the stored token, plus calendar-multiget
-  batches for what changed; the first sync asks for the data in the same REPORT;
-- without it: one PROPFIND for the ctag; only if it moved, a PROPFIND of every etag and
-  calendar-multiget batches for the objects whose etag changed.
-An invalid or expired token, or any failing REPORT, turns into a full listing compared with the
-stored etags, so row ids stay and only real differences are written. A result the server
-truncated (507 inside the multistatus) is continued with the token it returned; a listing that
-cannot be continued (PROPFIND) never deletes, and the cursor only moves on once every object
-asked for came back (or is gone).
-
-A server that refuses sync-collection although it offers it is not asked again for a day: the
-calendar syncs by ctag, which the calendar list then brings along.
-
-Answers are parsed as they stream in and handed over in batches, so a calendar of any size is
-never held in memory at once; the server's calendar-data text is kept as the raw source.
+"""CalDAV provider (RFC 4791 / 6578 / 6764): discovery (`discovery.py`), then per calendar
+sync-collection with the stored token, or the ctag and a comparison of etags, and objects
+fetched by calendar-multiget in batches, parsed as they stream in (`dav.py`). What each costs,
+and how truncated or refused answers are handled: docs/caldav.md.
 """
 
 from __future__ import annotations
@@ -23,17 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterator, Mapping
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import caldav
-import niquests
-from caldav.lib import error as caldav_error
-from caldav.lib.url import URL
 from django.conf import settings
 from django.utils import timezone
-from lxml import etree
 
-from sync import http
 from sync.engine import changed_hrefs, empty_listing_confirmed, listing_diff, normalize_href
 from sync.ical import MalformedObject, parse_object
 from sync.providers.base import (
@@ -45,16 +26,10 @@ from sync.providers.base import (
     TransientError,
 )
 from sync.providers.caldav.dav import (
-    AUTH_REFUSED,
-    CALENDAR_LIST_BODY,
-    CALENDAR_LIST_CTAG,
     CTAG_BODY,
     ETAG_LIST_BODY,
-    MAX_CALENDARS,
     MAX_CONTINUATIONS,
-    MAX_LISTED_OBJECTS,
     MULTIGET_HEAD,
-    NS,
     QUERY_BODY,
     SYNC_BODY,
     CalendarInfo,
@@ -65,9 +40,10 @@ from sync.providers.caldav.dav import (
     Listing,
     Multistatus,
     SyncReportFailed,
-    vtimezone_id,
+    bound_listing,
     xml_escape,
 )
+from sync.providers.caldav.discovery import ctag_of, discovery_client, find_home, list_calendars
 from sync.remote import ChangeBatch, Cursor, RemoteCalendar, RemoteObject, SkippedObject
 
 logger = logging.getLogger(__name__)
@@ -85,56 +61,25 @@ LISTING_CUT = (
 class CalDAVProvider(Provider):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self._client: caldav.DAVClient | None = None
+        self._client: caldav.DAVClient | None = None  # for discovery only
         password = self.credentials.get("password") or ""
         self._dav = DAVSession(url=self.url, username=self.username, password=password)
         self._calendars: dict[str, CalendarInfo] | None = None
 
-    # --- discovery client ----------------------------------------------------------------
-    @property
-    def client(self) -> caldav.DAVClient:
-        """python-caldav, for discovery only (RFC 6764 and principal lookups)."""
-        if self._client is None:
-            self._client = caldav.DAVClient(
-                url=self.url,
-                username=self.username or None,
-                password=self.credentials.get("password") or None,
-                timeout=settings.CALY_HTTP_TIMEOUT,
-                enable_rfc6764=False,
-                headers={"User-Agent": http.USER_AGENT},
-            )
-            # One pooled session for every account, with Caly's timeout and no cookies.
-            self._client.session = http.session()
-        return self._client
-
     def close(self) -> None:
-        # The session is shared; only forget the client.
+        # The session is shared; only forget the discovery client.
         self._client = None
 
     # --- discovery -----------------------------------------------------------------------
     def _find_home(self) -> str:
-        """Server root, principal or calendar home → the calendar home URL (RFC 6764 §5)."""
-        candidates = [self.url, urljoin(self.url, "/.well-known/caldav")]
-        for candidate in candidates:
-            try:
-                self.client.url = URL.objectify(candidate)
-                principal = self.client.principal()
-                return str(principal.calendar_home_set.url)
-            except caldav_error.AuthorizationError as exc:
-                raise AuthError(AUTH_REFUSED) from exc
-            except caldav_error.RateLimitError as exc:
-                raise TransientError("The CalDAV server asked us to slow down.") from exc
-            except (niquests.exceptions.Timeout, niquests.exceptions.ConnectionError) as exc:
-                raise ConnectError(
-                    f"Cannot connect to {self._dav.host()}: is the address right?"
-                ) from exc
-            except (caldav_error.DAVError, etree.XMLSyntaxError, ValueError) as exc:
-                # Any other answer means "no principal here": try the next candidate.
-                logger.debug(
-                    "no CalDAV principal at %s: %s", urlsplit(candidate).path, type(exc).__name__
-                )
-        # The URL may itself be a calendar home (or a calendar): it lists calendars directly.
-        return self.url
+        if self._client is None:
+            password = self.credentials.get("password") or ""
+            self._client = discovery_client(self.url, self.username, password)
+        return find_home(self._client, self.url, host=self._dav.host())
+
+    def _list_calendars(self, home: str) -> list[RemoteCalendar]:
+        calendars, self._calendars = list_calendars(self._dav, home, with_ctag=self._wants_ctags())
+        return calendars
 
     def discover(self) -> list[RemoteCalendar]:
         try:
@@ -157,56 +102,6 @@ class CalDAVProvider(Provider):
                 raise
             raise ConnectError(f"{self.url} does not look like a CalDAV server: {exc}") from exc
         self.home_url = home
-        return calendars
-
-    def _list_calendars(self, home: str) -> list[RemoteCalendar]:
-        self._calendars = {}
-        calendars = []
-        with_ctag = self._wants_ctags()
-        body = CALENDAR_LIST_BODY.format(ctag=CALENDAR_LIST_CTAG if with_ctag else "")
-        answer = self._dav.multistatus("PROPFIND", home, body, depth="1")
-        for item in answer:
-            prop = item.props
-            if prop is None or prop.find("d:resourcetype/c:calendar", NS) is None:
-                continue
-            components = [
-                c.get("name") for c in prop.findall("c:supported-calendar-component-set/c:comp", NS)
-            ]
-            if components and "VEVENT" not in components:
-                continue
-            url = urljoin(home, item.href)
-            report_set = prop.find("d:supported-report-set", NS)
-            if report_set is None:
-                supports_sync = None
-            else:
-                supports_sync = any(
-                    etree.QName(r).localname == "sync-collection"
-                    for r in report_set.iterfind(".//d:supported-report/d:report/*", NS)
-                )
-            ctag = _ctag_of(item) if with_ctag else None
-            self._calendars[normalize_href(urlsplit(url).path)] = CalendarInfo(supports_sync, ctag)
-            if len(calendars) >= MAX_CALENDARS:
-                raise ProviderError(
-                    f"The calendar home {urlsplit(home).path} lists more than {MAX_CALENDARS:,} "
-                    "calendars; Caly syncs accounts up to that many."
-                )
-            calendars.append(
-                RemoteCalendar(
-                    remote_id=url,
-                    name=(prop.findtext("d:displayname", namespaces=NS) or "").strip()
-                    or unquote(urlsplit(url).path.rstrip("/").rpartition("/")[2]),
-                    color=(prop.findtext("ic:calendar-color", namespaces=NS) or "").strip()[:32],
-                    timezone=vtimezone_id(
-                        prop.findtext("c:calendar-timezone", namespaces=NS) or ""
-                    ),
-                )
-            )
-        if answer.truncated:
-            # The calendars left out would read as removed on the server.
-            raise ProviderError(
-                f"The CalDAV server cut its list of calendars at {urlsplit(home).path} short "
-                "(HTTP 507); no calendar was removed."
-            )
         return calendars
 
     def _wants_ctags(self) -> bool:
@@ -294,7 +189,7 @@ class CalDAVProvider(Provider):
             self.checkpoint()
             answer = self._sync_report(url, token, with_data=False)
             for item in answer:
-                _record(listing, item, url)
+                listing.record(item, url)
             if not answer.token:
                 raise SyncReportFailed("no sync token in the answer")
             listing.token = answer.token
@@ -337,11 +232,11 @@ class CalDAVProvider(Provider):
             for item in answer:
                 if item.status == 404:
                     deleted.append(item.href)
-                    _bound(len(deleted) + len(missing), url)
+                    bound_listing(len(deleted) + len(missing), url)
                 elif item.status == 200 and not item.is_collection and not item.is_self:
                     if item.data is None:
                         missing.append(item.href)  # data not sent in the report: multiget it
-                        _bound(len(deleted) + len(missing), url)
+                        bound_listing(len(deleted) + len(missing), url)
                     else:
                         self._add_object(batch, calendar, item)
                         if len(batch.objects) + len(batch.skipped) >= _batch_size():
@@ -385,7 +280,7 @@ class CalDAVProvider(Provider):
     def _ctag(self, url: str) -> str:
         for item in self._dav.multistatus("PROPFIND", url, CTAG_BODY, depth="0"):
             if item.props is not None and item.is_self:
-                return _ctag_of(item)
+                return ctag_of(item)
         return ""
 
     def _etag_listing(self, url: str) -> Listing:
@@ -396,7 +291,7 @@ class CalDAVProvider(Provider):
         for item in answer:
             if item.status == 200 and not item.is_collection and not item.is_self:
                 listing.changed[item.href] = item.etag
-                _bound(len(listing.changed), url)
+                bound_listing(len(listing.changed), url)
         listing.truncated = answer.truncated
         if listing.truncated:
             logger.warning(
@@ -425,7 +320,7 @@ class CalDAVProvider(Provider):
             if item.status != 200 or item.is_collection or item.data is None:
                 continue
             fetched[item.href] = item.etag
-            _bound(len(fetched), calendar.remote_id)
+            bound_listing(len(fetched), calendar.remote_id)
             self._add_object(batch, calendar, item)
             if len(batch.objects) + len(batch.skipped) >= _batch_size():
                 yield batch
@@ -565,29 +460,3 @@ def _moved(old: str, new: str) -> bool | None:
 def _refused_recently(cursor: Cursor) -> bool:
     refused_at = cursor.sync_refused_at
     return refused_at is not None and timezone.now() - refused_at < SYNC_REFUSAL_KEPT
-
-
-def _ctag_of(item: Item) -> str:
-    if item.props is None:
-        return ""
-    return (item.props.findtext("cs:getctag", namespaces=NS) or item.etag or "").strip()
-
-
-def _bound(count: int, url: str) -> None:
-    """Listings are held until complete: one of a calendar beyond any real size is refused."""
-    if count > MAX_LISTED_OBJECTS:
-        raise ProviderError(
-            f"{urlsplit(url).path} lists more than {MAX_LISTED_OBJECTS:,} objects; Caly syncs "
-            "calendars up to that size."
-        )
-
-
-def _record(listing: Listing, item: Item, url: str) -> None:
-    if item.status == 404:
-        listing.changed.pop(item.href, None)
-        listing.deleted.append(item.href)
-    elif item.status == 200 and not item.is_collection and not item.is_self:
-        listing.changed[item.href] = item.etag
-        if listing.deleted and item.href in listing.deleted:
-            listing.deleted.remove(item.href)
-    _bound(len(listing.changed) + len(listing.deleted), url)
