@@ -238,7 +238,10 @@ def start_cluster(size: int) -> RabbitCluster:
     try:
         _in_parallel(RabbitNode.first_boot, nodes)
         first, rest = nodes[0], nodes[1:]
-        _in_parallel(lambda node: _join(node, first), rest)
+        # One at a time: nodes joining at once race in the cluster's schema (a join then fails
+        # with `schema_prepare` aborted).
+        for node in rest:
+            _join(node, first)
         if rest:
             wait_for(
                 lambda: cluster.running_nodes(via=first) == sorted(n.name for n in nodes),
