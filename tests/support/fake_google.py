@@ -2,8 +2,11 @@
 
 What it implements behaves as Google documents it: calendarList.list and events.list with real
 paging, sync tokens that expire (HTTP 410 fullSyncRequired), cancelled events after deletion,
-recurring masters and their exceptions (recurringEventId + originalStartTime), events.get, a
-token endpoint (refresh, authorization code with PKCE, invalid_grant) and the consent redirect.
+recurring masters and their exceptions (recurringEventId + originalStartTime), events.get,
+events.insert / events.patch / events.delete (If-Match preconditions, 409 duplicate ids, 410 for
+what is already deleted, instance ids of recurring events), calendar access roles (writes need
+writer or owner), OAuth scopes per grant (403 insufficientPermissions), a token endpoint
+(refresh, authorization code with PKCE, invalid_grant) and the consent redirect.
 Requests are routed with the discovery document that ships with google-api-python-client, so a
 request the real API would not recognise fails here too; parameters this fake does not implement
 are refused loudly instead of being ignored.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import base64
 import bisect
 import collections
+import copy
 import datetime as dt
 import hashlib
 import itertools
@@ -32,8 +36,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import googleapiclient
+from dateutil.rrule import rrulestr
 
 from tests.support.ports import free_port
 
@@ -70,8 +76,81 @@ IMPLEMENTED = {
         "singleEvents",
     },
     "calendar.events.get": {"calendarId", "eventId"},
+    # sendUpdates/sendNotifications only decide whom Google emails: nothing to do here.
+    "calendar.events.insert": {
+        "calendarId",
+        "conferenceDataVersion",
+        "sendNotifications",
+        "sendUpdates",
+        "supportsAttachments",
+    },
+    "calendar.events.patch": {
+        "calendarId",
+        "conferenceDataVersion",
+        "eventId",
+        "sendNotifications",
+        "sendUpdates",
+        "supportsAttachments",
+    },
+    "calendar.events.delete": {"calendarId", "eventId", "sendNotifications", "sendUpdates"},
 }
 GLOBAL_IGNORED = {"alt", "prettyPrint", "quotaUser", "userIp", "key"}
+
+# --- OAuth scopes -----------------------------------------------------------------------------
+SCOPE_CALENDAR = "https://www.googleapis.com/auth/calendar"
+SCOPE_READONLY = "https://www.googleapis.com/auth/calendar.readonly"
+SCOPE_EVENTS = "https://www.googleapis.com/auth/calendar.events"
+SCOPE_EVENTS_READONLY = "https://www.googleapis.com/auth/calendar.events.readonly"
+# What a grant made by add_user/new_refresh_token carries unless told otherwise: reading and
+# writing events.
+DEFAULT_SCOPE = f"{SCOPE_EVENTS} {SCOPE_READONLY}"
+# Scopes whose meaning this fake models. A request the token allows only through another scope
+# the discovery document lists for the method (calendar.app.created, calendar.events.owned,
+# calendar.events.freebusy, ...) is refused loudly: which calendars those reach is not modelled.
+MODELLED_SCOPES = {
+    SCOPE_CALENDAR,
+    SCOPE_READONLY,
+    SCOPE_EVENTS,
+    SCOPE_EVENTS_READONLY,
+    "https://www.googleapis.com/auth/calendar.calendarlist",
+    "https://www.googleapis.com/auth/calendar.calendarlist.readonly",
+}
+
+# --- calendar access roles --------------------------------------------------------------------
+ACCESS_ROLES = ("freeBusyReader", "reader", "writer", "owner")
+WRITE_ROLES = {"writer", "owner"}
+
+# --- event resources ----------------------------------------------------------------------------
+# An event id a client chooses: base32hex (RFC 2938 3.1.2), 5 to 1024 characters.
+EVENT_ID = re.compile(r"[a-v0-9]{5,1024}")
+# Read-only in the Event schema (or set by Google): ignored in request bodies, as Google does.
+IGNORED_EVENT_FIELDS = {
+    "kind",
+    "etag",
+    "htmlLink",
+    "hangoutLink",
+    "created",
+    "updated",
+    "creator",
+    "organizer",
+    "locked",
+    "attendeesOmitted",
+}
+# Fields of the Event schema whose behaviour this fake does not model: refused with a 400.
+UNMODELLED_EVENT_FIELDS = {
+    "birthdayProperties",
+    "focusTimeProperties",
+    "outOfOfficeProperties",
+    "workingLocationProperties",
+    "gadget",
+}
+STRING_FIELDS = {"summary", "description", "location", "colorId", "iCalUID"}
+ENUM_FIELDS = {
+    "status": {"confirmed", "tentative", "cancelled"},
+    "transparency": {"opaque", "transparent"},
+    "visibility": {"default", "public", "private", "confidential"},
+}
+RECURRENCE_LINE = re.compile(r"(RRULE|EXRULE|RDATE|EXDATE)[;:]", re.IGNORECASE)
 
 
 # --- the discovery document as a router -------------------------------------------------------
@@ -82,6 +161,7 @@ class Route:
     pattern: re.Pattern
     parameters: frozenset[str]
     literal_length: int
+    scopes: frozenset[str] = frozenset()
 
 
 def _template_regex(path: str) -> tuple[re.Pattern, int]:
@@ -121,6 +201,7 @@ def discovery_routes(document: dict | None = None) -> tuple[list[Route], frozens
                 pattern=pattern,
                 parameters=frozenset(method.get("parameters", {})),
                 literal_length=literal,
+                scopes=frozenset(method.get("scopes", ())),
             )
         )
     routes.sort(key=lambda r: -r.literal_length)
@@ -167,6 +248,9 @@ class StoredEvent:
     resource: dict
     seq: int
     body: bytes  # the resource as served, serialised once
+    # A deleted event is served as a bare tombstone; Google keeps its details on the organizer's
+    # calendar so that it can be restored (a patch setting its status back): they are kept here.
+    before_deletion: dict | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -184,10 +268,14 @@ class FakeCalendar:
     time_zone: str = "UTC"
     color: str = "#9fe1e7"
     primary: bool = False
+    access_role: str = "owner"  # owner, writer, reader or freeBusyReader
     events: dict[str, StoredEvent] = field(default_factory=dict)
     # Sync tokens carry the epoch they were issued in; expiring tokens moves to a new epoch.
     token_epoch: int = 0
     _sorted_ids: list[str] | None = None
+    # iCalUID → id of the (non-instance) event carrying it, deleted ones included: events.insert
+    # answers 409 for a UID the calendar already holds. Checked against the event on lookup.
+    _uids: dict[str, str] = field(default_factory=dict)
 
     def sorted_ids(self) -> list[str]:
         if self._sorted_ids is None:
@@ -205,7 +293,7 @@ class FakeCalendar:
             "backgroundColor": self.color,
             "foregroundColor": "#000000",
             "selected": True,
-            "accessRole": "owner",
+            "accessRole": self.access_role,
             "defaultReminders": [],
             "conferenceProperties": {"allowedConferenceSolutionTypes": ["hangoutsMeet"]},
         }
@@ -252,6 +340,13 @@ class RecordedRequest:
     query: dict[str, list[str]]
     method_id: str
     status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
+    raw_body: bytes = b""
+    body: dict | list | None = None  # the JSON body, parsed (None: none, or not JSON)
+
+    @property
+    def if_match(self) -> str | None:
+        return self.headers.get("if-match")
 
 
 ERROR_MESSAGES = {
@@ -266,13 +361,26 @@ ERROR_MESSAGES = {
     "badRequest": ("global", "Bad Request"),
     "invalid": ("global", "Invalid Value"),
     "forbidden": ("global", "Forbidden"),
+    "parseError": ("global", "Parse Error"),
+    "duplicate": ("global", "The requested identifier already exists."),
+    "deleted": ("global", "Resource has been deleted"),
+    "conditionNotMet": ("global", "Precondition Failed"),
+    "requiredAccessLevel": ("calendar", "You need to have writer access to this calendar."),
+    "insufficientPermissions": ("global", "Insufficient Permission"),
+    "timeRangeEmpty": ("calendar", "The specified time range is empty."),
+    "cannotUseDefaultRemindersAndSpecifyOverride": (
+        "calendar",
+        "Cannot specify both default reminders and overrides at the same time.",
+    ),
 }
 STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
     410: "ABORTED",
+    412: "FAILED_PRECONDITION",
     429: "RESOURCE_EXHAUSTED",
     500: "INTERNAL",
     503: "UNAVAILABLE",
@@ -282,7 +390,9 @@ DEFAULT_REASONS = {
     401: "authError",
     403: "forbidden",
     404: "notFound",
+    409: "duplicate",
     410: "fullSyncRequired",
+    412: "conditionNotMet",
     429: "rateLimitExceeded",
     500: "backendError",
     503: "backendError",
@@ -290,28 +400,41 @@ DEFAULT_REASONS = {
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, reason: str = "", message: str = "", headers=None):
+    """An error answer. `message` is the error's message; `detail_message` that of its one entry
+    in `errors` when Google words it differently; `details` Google's typed details, if any."""
+
+    def __init__(
+        self,
+        status: int,
+        reason: str = "",
+        message: str = "",
+        headers=None,
+        *,
+        detail_message: str = "",
+        details: list[dict] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.reason = reason or DEFAULT_REASONS.get(status, "badRequest")
         domain, default_message = ERROR_MESSAGES.get(self.reason, ("global", "Error"))
         self.message = message or default_message
+        self.detail_message = detail_message or self.message
         self.domain = domain
         self.headers = headers or {}
+        self.details = details
 
     def body(self) -> bytes:
-        return json.dumps(
-            {
-                "error": {
-                    "errors": [
-                        {"domain": self.domain, "reason": self.reason, "message": self.message}
-                    ],
-                    "code": self.status,
-                    "message": self.message,
-                    "status": STATUS_NAMES.get(self.status, "UNKNOWN"),
-                }
-            }
-        ).encode()
+        error = {
+            "errors": [
+                {"domain": self.domain, "reason": self.reason, "message": self.detail_message}
+            ],
+            "code": self.status,
+            "message": self.message,
+            "status": STATUS_NAMES.get(self.status, "UNKNOWN"),
+        }
+        if self.details:
+            error["details"] = self.details
+        return json.dumps({"error": error}).encode()
 
 
 class FakeGoogle:
@@ -336,12 +459,15 @@ class FakeGoogle:
         self.unmatched: list[tuple[str, str]] = []
         self.consent_user: FakeUser | None = None
         self._by_refresh: dict[str, FakeUser] = {}
-        self._access: dict[str, tuple[FakeUser, float]] = {}
+        self._refresh_scopes: dict[str, str] = {}  # refresh token → the scopes granted with it
+        self._access: dict[str, tuple[FakeUser, float, str]] = {}  # (user, expiry, scopes)
         self._codes: dict[str, dict] = {}
         self._faults: dict[str | None, list[Fault]] = collections.defaultdict(list)
         self._seq = itertools.count(1)
         self._lock = threading.RLock()
-        self._routes, self._global_params = discovery_routes()
+        document = load_discovery()
+        self._routes, self._global_params = discovery_routes(document)
+        self._event_fields = frozenset(document["schemas"]["Event"]["properties"])
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -394,8 +520,15 @@ class FakeGoogle:
 
     # --- users and calendars --------------------------------------------------------------------
     def add_user(
-        self, email: str | None = None, *, calendar_name: str = "", page_size: int | None = None
+        self,
+        email: str | None = None,
+        *,
+        calendar_name: str = "",
+        page_size: int | None = None,
+        scope: str = DEFAULT_SCOPE,
     ) -> FakeUser:
+        """A user with a primary calendar and a refresh token granted `scope` (space-separated;
+        the default allows reading and writing events, SCOPE_READONLY only reading)."""
         email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
         with self._lock:
             user = FakeUser(
@@ -408,44 +541,75 @@ class FakeGoogle:
             )
             self.users[email] = user
             self._by_refresh[user.refresh_token] = user
+            self._refresh_scopes[user.refresh_token] = _scope_string(_scope_set(scope))
         return user
 
     def add_calendar(
-        self, user: FakeUser, summary: str, *, time_zone: str = "UTC", color: str = "#9fe1e7"
+        self,
+        user: FakeUser,
+        summary: str,
+        *,
+        time_zone: str = "UTC",
+        color: str = "#9fe1e7",
+        access_role: str = "owner",
     ) -> str:
+        """A secondary calendar; `access_role` is the user's role on it (owner, writer, reader,
+        freeBusyReader): events.insert/patch/delete need writer or owner."""
+        if access_role not in ACCESS_ROLES:
+            raise ValueError(f"access_role must be one of {ACCESS_ROLES}")
         calendar_id = f"{uuid.uuid4().hex[:26]}@group.calendar.google.com"
         with self._lock:
             user.calendars[calendar_id] = FakeCalendar(
-                id=calendar_id, summary=summary, time_zone=time_zone, color=color
+                id=calendar_id,
+                summary=summary,
+                time_zone=time_zone,
+                color=color,
+                access_role=access_role,
             )
         return calendar_id
+
+    def set_access_role(self, user: FakeUser, calendar_id: str | None, access_role: str) -> None:
+        """The calendar's owner changed the user's role on it (e.g. down to "reader")."""
+        if access_role not in ACCESS_ROLES:
+            raise ValueError(f"access_role must be one of {ACCESS_ROLES}")
+        with self._lock:
+            self._calendar(user, calendar_id).access_role = access_role
 
     def remove_calendar(self, user: FakeUser, calendar_id: str) -> None:
         with self._lock:
             del user.calendars[calendar_id]
 
-    def new_refresh_token(self, user: FakeUser) -> str:
-        """A second grant for the same user (what reconnecting the account yields)."""
+    def new_refresh_token(self, user: FakeUser, *, scope: str = DEFAULT_SCOPE) -> str:
+        """A second grant for the same user (what reconnecting the account yields), of `scope`:
+        e.g. `scope=SCOPE_READONLY` for one that cannot write."""
         with self._lock:
             token = "1//fake-" + secrets.token_urlsafe(24)
             user.refresh_token = token
             user.revoked = False
             self._by_refresh[token] = user
+            self._refresh_scopes[token] = _scope_string(_scope_set(scope))
         return token
+
+    def granted_scope(self, token: str) -> str | None:
+        """The scopes (space-separated) a refresh or access token was granted; None if unknown."""
+        with self._lock:
+            if token in self._access:
+                return self._access[token][2]
+            return self._refresh_scopes.get(token)
 
     def revoke(self, user: FakeUser) -> None:
         """The user withdrew Caly's access: the refresh token and its access tokens stop working."""
         with self._lock:
             user.revoked = True
-            for token, (owner, _) in list(self._access.items()):
+            for token, (owner, _, _) in list(self._access.items()):
                 if owner is user:
                     del self._access[token]
 
     def expire_access_tokens(self, user: FakeUser) -> None:
         with self._lock:
-            for token, (owner, _) in list(self._access.items()):
+            for token, (owner, _, scopes) in list(self._access.items()):
                 if owner is user:
-                    self._access[token] = (owner, 0.0)
+                    self._access[token] = (owner, 0.0, scopes)
 
     def expire_sync_tokens(self, user: FakeUser, calendar_id: str | None = None) -> None:
         """Every sync token issued so far for the calendar(s) is answered with 410 from now on."""
@@ -455,14 +619,37 @@ class FakeGoogle:
                     calendar.token_epoch += 1
 
     # --- events ---------------------------------------------------------------------------------
-    def _store(self, calendar: FakeCalendar, resource: dict) -> dict:
+    def _store(
+        self, calendar: FakeCalendar, resource: dict, *, before_deletion: dict | None = None
+    ) -> dict:
+        """Every change to an event goes through here: a new etag and sequence number, so that
+        incremental sync (events.list with a sync token) lists it."""
         seq = next(self._seq)
         resource["etag"] = f'"{3_000_000_000_000_000 + seq}"'
         body = json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode()
         if resource["id"] not in calendar.events:
             calendar._sorted_ids = None
-        calendar.events[resource["id"]] = StoredEvent(resource=resource, seq=seq, body=body)
+        calendar.events[resource["id"]] = StoredEvent(
+            resource=resource, seq=seq, body=body, before_deletion=before_deletion
+        )
+        details = before_deletion or resource
+        if "recurringEventId" not in details and details.get("iCalUID"):
+            calendar._uids[details["iCalUID"]] = resource["id"]
         return resource
+
+    def _delete(self, calendar: FakeCalendar, event_id: str, details: dict | None = None) -> dict:
+        """Delete an event (whose last details are `details`, by default the stored ones): a
+        cancelled tombstone, as Google serves it; a recurring master takes its exceptions with
+        it (all cancelled). Returns the event's own tombstone."""
+        if details is None:
+            stored = calendar.events[event_id]
+            details = stored.before_deletion or stored.resource
+        tombstone = self._tombstone(calendar, details)
+        if "recurrence" in details and "recurringEventId" not in details:
+            for other in list(calendar.events.values()):
+                if other.resource.get("recurringEventId") == event_id and not other.cancelled:
+                    self._tombstone(calendar, other.resource)
+        return tombstone
 
     def _calendar(self, user: FakeUser, calendar_id: str | None) -> FakeCalendar:
         return user.calendars[calendar_id or user.primary]
@@ -551,22 +738,7 @@ class FakeGoogle:
     def delete_event(self, user: FakeUser, calendar_id: str | None, event_id: str) -> None:
         """Delete an event; a recurring master takes its exceptions with it (all cancelled)."""
         with self._lock:
-            calendar = self._calendar(user, calendar_id)
-            doomed = [event_id]
-            if "recurrence" in calendar.events[event_id].resource:
-                doomed += [
-                    e.resource["id"]
-                    for e in calendar.events.values()
-                    if e.resource.get("recurringEventId") == event_id and not e.cancelled
-                ]
-            for doomed_id in doomed:
-                old = calendar.events[doomed_id].resource
-                tombstone = {"kind": "calendar#event", "etag": "", "id": doomed_id}
-                tombstone["status"] = "cancelled"
-                if "recurringEventId" in old:
-                    tombstone["recurringEventId"] = old["recurringEventId"]
-                    tombstone["originalStartTime"] = old["originalStartTime"]
-                self._store(calendar, tombstone)
+            self._delete(self._calendar(user, calendar_id), event_id)
 
     def override_instance(
         self,
@@ -579,24 +751,7 @@ class FakeGoogle:
         """Change one occurrence of a recurring event: an exception with its own id."""
         with self._lock:
             calendar = self._calendar(user, calendar_id)
-            master = calendar.events[master_id].resource
-            original = _time_field(original_start, master["start"].get("timeZone"))
-            instance_id = f"{master_id}_{instance_suffix(original_start)}"
-            duration = _duration(master)
-            start = changes.pop("start", original_start)
-            end = changes.pop("end", None) or _plus(start, duration)
-            resource = {
-                k: v for k, v in master.items() if k not in ("recurrence", "etag", "id", "start")
-            }
-            resource.update(
-                id=instance_id,
-                recurringEventId=master_id,
-                originalStartTime=original,
-                start=_time_field(start, master["start"].get("timeZone")),
-                end=_time_field(end, master["start"].get("timeZone")),
-                updated=_now(),
-            )
-            resource.update(changes)
+            resource = _exception(calendar.events[master_id].resource, original_start, changes)
             return self._store(calendar, resource)
 
     def cancel_instance(
@@ -723,7 +878,9 @@ class FakeGoogle:
         return None
 
     def _api(self, request: _Handler, path: str, query: dict) -> None:
-        user = self._authenticated_user(request.headers.get("Authorization", ""))
+        raw_body = request.read_body()  # always, or the connection's next request is garbled
+        authenticated = self._authenticated_user(request.headers.get("Authorization", ""))
+        user, scopes = authenticated or (None, "")
         routed = self._route(request.command, path)
         record = RecordedRequest(
             at=time.time(),
@@ -732,6 +889,9 @@ class FakeGoogle:
             path=path,
             query=query,
             method_id=routed[0].method_id if routed else "",
+            headers={name.lower(): value for name, value in request.headers.items()},
+            raw_body=raw_body,
+            body=_json_or_none(raw_body),
         )
         with self._lock:
             self.requests.append(record)
@@ -752,6 +912,7 @@ class FakeGoogle:
                     "authError",
                     headers={"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'},
                 )
+            _check_scopes(route, scopes)
             fault = self._take_fault(user, route.method_id, {k: v[-1] for k, v in query.items()})
             if fault is not None:
                 if fault.delay:
@@ -776,8 +937,11 @@ class FakeGoogle:
                 "calendar.calendarList.list": self._calendar_list,
                 "calendar.events.list": self._events_list,
                 "calendar.events.get": self._events_get,
+                "calendar.events.insert": self._events_insert,
+                "calendar.events.patch": self._events_patch,
+                "calendar.events.delete": self._events_delete,
             }[route.method_id]
-            body = handler(user, path_params, {k: v[-1] for k, v in query.items()})
+            body = handler(user, path_params, {k: v[-1] for k, v in query.items()}, record)
             if fault is not None and fault.empty and route.method_id == "calendar.events.list":
                 # A wrong but well-formed answer: nothing in the calendar, and a sync token.
                 head = json.loads(body[: body.index(b',"items":[')] + b"}")
@@ -788,10 +952,15 @@ class FakeGoogle:
             record.status = exc.status
             request.reply(exc.status, exc.body(), exc.headers)
             return
+        if body is None:  # events.delete: 204, no body
+            record.status = 204
+            request.reply(204, b"")
+            return
         record.status = 200
         request.reply(200, body)
 
-    def _authenticated_user(self, header: str) -> FakeUser | None:
+    def _authenticated_user(self, header: str) -> tuple[FakeUser, str] | None:
+        """The user a bearer token belongs to, and the scopes it was granted."""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer":
             return None
@@ -799,7 +968,7 @@ class FakeGoogle:
             found = self._access.get(token.strip())
         if found is None or found[1] < time.time() or found[0].revoked:
             return None
-        return found[0]
+        return found[0], found[2]
 
     def _count_against_quota(self, user: FakeUser) -> None:
         with self._lock:
@@ -816,7 +985,7 @@ class FakeGoogle:
             user.max_in_window = max(user.max_in_window, len(user.served))
 
     # calendarList.list
-    def _calendar_list(self, user: FakeUser, _params: dict, query: dict) -> bytes:
+    def _calendar_list(self, user: FakeUser, _params: dict, query: dict, _record=None) -> bytes:
         size = min(
             _int(query, "maxResults", 100, 1), MAX_CALENDAR_LIST_PAGE, user.page_size or 10**6
         )
@@ -837,7 +1006,7 @@ class FakeGoogle:
         return json.dumps(result).encode()
 
     # events.get
-    def _events_get(self, user: FakeUser, params: dict, _query: dict) -> bytes:
+    def _events_get(self, user: FakeUser, params: dict, _query: dict, _record=None) -> bytes:
         with self._lock:
             calendar = user.calendars.get(params["calendarId"])
             if params["calendarId"] == "primary":
@@ -848,7 +1017,7 @@ class FakeGoogle:
             return stored.body
 
     # events.list
-    def _events_list(self, user: FakeUser, params: dict, query: dict) -> bytes:
+    def _events_list(self, user: FakeUser, params: dict, query: dict, _record=None) -> bytes:
         calendar_id = params["calendarId"]
         if calendar_id == "primary":
             calendar_id = user.primary
@@ -906,7 +1075,7 @@ class FakeGoogle:
                 "description": "",
                 "updated": _now(),
                 "timeZone": calendar.time_zone,
-                "accessRole": "owner",
+                "accessRole": calendar.access_role,
                 "defaultReminders": [],
             }
             if more:
@@ -917,12 +1086,259 @@ class FakeGoogle:
                 )
         return json.dumps(head).encode()[:-1] + b',"items":[' + b",".join(items) + b"]}"
 
+    # --- writes: events.insert, events.patch, events.delete -------------------------------------
+    def _writable_calendar(self, user: FakeUser, calendar_id: str) -> FakeCalendar:
+        calendar = user.calendars.get(user.primary if calendar_id == "primary" else calendar_id)
+        if calendar is None:
+            raise ApiError(404, "notFound")
+        if calendar.access_role not in WRITE_ROLES:
+            raise ApiError(403, "requiredAccessLevel")
+        return calendar
+
+    def _uid_taken(self, calendar: FakeCalendar, uid: str) -> bool:
+        holder = calendar.events.get(calendar._uids.get(uid, ""))
+        if holder is None:
+            return False
+        details = holder.before_deletion or holder.resource
+        return details.get("iCalUID") == uid and "recurringEventId" not in details
+
+    # events.insert
+    def _events_insert(
+        self, user: FakeUser, params: dict, query: dict, record: RecordedRequest
+    ) -> bytes:
+        options = _write_options(query)
+        fields = self._event_fields_of(_json_object(record), options)
+        with self._lock:
+            calendar = self._writable_calendar(user, params["calendarId"])
+            event_id = fields.pop("id", None)
+            if event_id is None:
+                event_id = uuid.uuid4().hex
+            elif not isinstance(event_id, str) or not EVENT_ID.fullmatch(event_id):
+                raise ApiError(400, "invalid", "Invalid resource id value.")
+            elif event_id in calendar.events:  # deleted ones too: Google keeps their ids
+                raise ApiError(409, "duplicate")
+            uid = fields.pop("iCalUID", None) or f"{event_id}@google.com"
+            if not isinstance(uid, str):
+                raise ApiError(400, "invalid", "Invalid iCalUID value.")
+            if self._uid_taken(calendar, uid):
+                raise ApiError(409, "duplicate")
+            for key in ("recurringEventId", "originalStartTime"):
+                if fields.get(key) is not None:
+                    raise ApiError(
+                        400,
+                        "badRequest",
+                        f"Not supported by this fake: {key} on insert (patch the instance id "
+                        "to change one occurrence)",
+                    )
+            if fields.get("status") == "cancelled":
+                raise ApiError(
+                    400, "badRequest", "Not supported by this fake: inserting a cancelled event"
+                )
+            if fields.get("eventType", "default") != "default":
+                raise ApiError(
+                    400,
+                    "badRequest",
+                    f"Not supported by this fake: eventType {fields['eventType']!r}",
+                )
+            now = _now()
+            resource = {
+                "kind": "calendar#event",
+                "etag": "",
+                "id": event_id,
+                "status": "confirmed",
+                "htmlLink": f"https://calendar.example/event?eid={event_id}",
+                "created": now,
+                "updated": now,
+                "creator": {"email": user.email, "self": True},
+                "organizer": {"email": user.email, "self": True},
+                "iCalUID": uid,
+                "sequence": 0,
+                "reminders": {"useDefault": True},
+                "eventType": "default",
+            }
+            # An insert is no merge: what the body gives replaces the defaults (null: left out).
+            for key, value in fields.items():
+                if value is None:
+                    resource.pop(key, None)
+                else:
+                    resource[key] = copy.deepcopy(value)
+            _check_event(resource, times=True)
+            return self._store_body(calendar, resource)
+
+    # events.patch
+    def _events_patch(
+        self, user: FakeUser, params: dict, query: dict, record: RecordedRequest
+    ) -> bytes:
+        """Patch semantics as Google documents them: the body's fields replace the stored ones,
+        objects are merged field by field, arrays replaced whole, null removes a field.
+
+        A deleted event can be patched (Google keeps deleted events on the organizer's calendar
+        "so that they can be restored"): setting its status to confirmed or tentative restores
+        it, otherwise it stays deleted. An occurrence of a recurring event that has no exception
+        yet becomes one (as override_instance makes it) before the patch applies; status
+        "cancelled" deletes the event (cancels the occurrence)."""
+        options = _write_options(query)
+        fields = self._event_fields_of(_json_object(record), options)
+        fields.pop("id", None)  # immutable; the path names the event
+        with self._lock:
+            calendar = self._writable_calendar(user, params["calendarId"])
+            event_id = params["eventId"]
+            stored = calendar.events.get(event_id)
+            if stored is None:
+                master, original_start = self._occurrence(calendar, event_id)
+                # An occurrence nobody changed yet is all its series: it has the master's etag.
+                _check_if_match(record.if_match, master.resource["etag"])
+                base = _exception(master.resource, original_start, {})
+            else:
+                _check_if_match(record.if_match, stored.resource["etag"])
+                base = self._details(calendar, stored)
+            for key in ("iCalUID", "recurringEventId", "originalStartTime", "eventType"):
+                if key in fields and fields[key] != base.get(key):
+                    raise ApiError(400, "badRequest", f"Not supported by this fake: changing {key}")
+            resource = _merge(base, fields)
+            current = base.get("sequence", 0)
+            if fields.get("sequence") is not None:
+                if not isinstance(fields["sequence"], int) or fields["sequence"] < current:
+                    raise ApiError(
+                        400,
+                        "invalid",
+                        "Invalid sequence value. The specified sequence number is below the "
+                        "current sequence number of the resource.",
+                    )
+            else:
+                resource["sequence"] = current + 1
+            resource["updated"] = _now()
+            if resource.get("status") == "cancelled":
+                if stored is None or not stored.cancelled:
+                    return _serialised(self._delete(calendar, event_id, resource))
+                return _serialised(self._tombstone(calendar, resource))
+            # Events stored by the test helpers need not satisfy what Google asks of a request
+            # (a recurring master without a timeZone): the times are checked when they change,
+            # and when a deleted event comes back.
+            touched = {"start", "end", "recurrence"} & fields.keys()
+            _check_event(resource, times=bool(touched) or stored is None or stored.cancelled)
+            return self._store_body(calendar, resource)
+
+    # events.delete
+    def _events_delete(
+        self, user: FakeUser, params: dict, query: dict, record: RecordedRequest
+    ) -> None:
+        """204 and a cancelled tombstone; a recurring master takes its exceptions along; an
+        occurrence's id cancels that occurrence. Already deleted: 410 deleted. If-Match is
+        evaluated first, against the stored (possibly deleted) event."""
+        _write_options(query)
+        with self._lock:
+            calendar = self._writable_calendar(user, params["calendarId"])
+            event_id = params["eventId"]
+            stored = calendar.events.get(event_id)
+            if stored is None:
+                master, original_start = self._occurrence(calendar, event_id)
+                _check_if_match(record.if_match, master.resource["etag"])
+                self._tombstone(calendar, _exception(master.resource, original_start, {}))
+                return None
+            _check_if_match(record.if_match, stored.resource["etag"])
+            if stored.cancelled:
+                raise ApiError(410, "deleted")
+            self._delete(calendar, event_id)
+        return None
+
+    def _store_body(self, calendar: FakeCalendar, resource: dict) -> bytes:
+        self._store(calendar, resource)
+        return calendar.events[resource["id"]].body
+
+    def _event_fields_of(self, body: dict, options: dict) -> dict:
+        """The fields of a request's event body this fake acts on (read-only ones are ignored,
+        as Google ignores them); fields the Event schema does not have are refused."""
+        unknown = set(body) - self._event_fields
+        if unknown:
+            raise ApiError(
+                400,
+                "badRequest",
+                f"Not supported by this fake: unknown event field(s) {', '.join(sorted(unknown))}",
+            )
+        unmodelled = {k for k in body if k in UNMODELLED_EVENT_FIELDS and body[k] is not None}
+        if unmodelled:
+            raise ApiError(
+                400, "badRequest", f"Not supported by this fake: {', '.join(sorted(unmodelled))}"
+            )
+        fields = {k: v for k, v in body.items() if k not in IGNORED_EVENT_FIELDS}
+        # Without conferenceDataVersion=1 Google ignores conferenceData in the body; without
+        # supportsAttachments=true, attachments; eventLabelId needs eventLabelVersion=1.
+        if options["conference"] == 0:
+            fields.pop("conferenceData", None)
+        elif isinstance(fields.get("conferenceData"), dict) and (
+            "createRequest" in fields["conferenceData"]
+        ):
+            raise ApiError(400, "badRequest", "Not supported by this fake: creating conferences")
+        if not options["attachments"]:
+            fields.pop("attachments", None)
+        fields.pop("eventLabelId", None)
+        return fields
+
+    def _details(self, calendar: FakeCalendar, stored: StoredEvent) -> dict:
+        """The full resource of a stored event, for a deleted one what it was before (cancelled)."""
+        if not stored.cancelled:
+            return json.loads(stored.body)
+        if stored.before_deletion is not None:
+            return copy.deepcopy(stored.before_deletion)
+        master = calendar.events.get(stored.resource.get("recurringEventId", ""))
+        if master is not None and not master.cancelled:
+            # A cancelled occurrence (cancel_instance) keeps no details: its series has them.
+            original = stored.resource["originalStartTime"]
+            start = original.get("date") or original["dateTime"]
+            return {**_exception(master.resource, start, {}), "status": "cancelled"}
+        return json.loads(stored.body)
+
+    def _occurrence(self, calendar: FakeCalendar, event_id: str) -> tuple[StoredEvent, str]:
+        """The recurring master and original start of an instance id that has no stored event:
+        `<masterId>_<YYYYMMDDTHHMMSSZ>` (timed) or `<masterId>_<YYYYMMDD>` (all-day), which must
+        be an occurrence of the master's recurrence; else 404 (410 if the series is deleted)."""
+        master_id, sep, suffix = event_id.rpartition("_")
+        master = calendar.events.get(master_id) if sep else None
+        if master is None or master.instance:
+            raise ApiError(404, "notFound")
+        if master.cancelled:
+            raise ApiError(410, "deleted")
+        resource = master.resource
+        if not resource.get("recurrence"):
+            raise ApiError(404, "notFound")
+        try:
+            if "date" in resource["start"]:
+                day = dt.datetime.strptime(suffix, "%Y%m%d").date()
+                original: dt.date | dt.datetime = day
+                original_start = day.isoformat()
+            else:
+                instant = dt.datetime.strptime(suffix, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+                original = instant
+                original_start = _in_zone_of(resource["start"], instant).isoformat()
+        except ValueError:
+            raise ApiError(404, "notFound") from None
+        if not _is_occurrence(resource, original):
+            raise ApiError(404, "notFound")
+        return master, original_start
+
+    def _tombstone(self, calendar: FakeCalendar, details: dict) -> dict:
+        """Store the cancelled tombstone of an event (or occurrence) whose details are these."""
+        tombstone = {"kind": "calendar#event", "etag": "", "id": details["id"]}
+        tombstone["status"] = "cancelled"
+        if "recurringEventId" in details:
+            tombstone["recurringEventId"] = details["recurringEventId"]
+            tombstone["originalStartTime"] = details["originalStartTime"]
+        return self._store(calendar, tombstone, before_deletion={**details, "status": "cancelled"})
+
     # --- OAuth ----------------------------------------------------------------------------------
     def _consent(self, request: _Handler, query: dict) -> None:
         q = {k: v[-1] for k, v in query.items()}
         redirect = q.get("redirect_uri", "")
         if q.get("client_id") != self.client_id or not redirect:
             request.reply(400, b"Error 401: invalid_client", content_type="text/plain")
+            return
+        if not q.get("scope", "").strip():
+            request.reply(
+                400,
+                b"Error 400: invalid_request\nMissing required parameter: scope",
+                content_type="text/plain",
+            )
             return
         user = self.consent_user
         if user is None:
@@ -935,6 +1351,7 @@ class FakeGoogle:
                     "redirect_uri": redirect,
                     "challenge": q.get("code_challenge"),
                     "scope": q.get("scope", ""),
+                    "include_granted_scopes": q.get("include_granted_scopes") == "true",
                 }
             params = {"code": code, "scope": q.get("scope", ""), "state": q.get("state", "")}
         separator = "&" if "?" in redirect else "?"
@@ -972,7 +1389,16 @@ class FakeGoogle:
                         "error": "invalid_grant",
                         "error_description": "Token has been expired or revoked.",
                     }
-                return 200, self._issue_access(user)
+                granted = self._refresh_scopes.get(user.refresh_token, DEFAULT_SCOPE)
+                if form.get("scope"):  # a narrower token than the grant: a subset of it
+                    asked = _scope_set(form["scope"])
+                    if not asked <= _scope_set(granted):
+                        return 400, {
+                            "error": "invalid_scope",
+                            "error_description": "Some requested scopes were not granted.",
+                        }
+                    granted = _scope_string(asked)
+                return 200, self._issue_access(user, granted)
             if grant == "authorization_code":
                 issued = self._codes.pop(form.get("code", ""), None)
                 if issued is None or issued["redirect_uri"] != form.get("redirect_uri"):
@@ -987,20 +1413,26 @@ class FakeGoogle:
                             "error_description": "Invalid code verifier.",
                         }
                 user = issued["user"]
+                # The grant carries what the user consented to; with include_granted_scopes,
+                # what the user granted this client before (and did not revoke) as well.
+                scopes = _scope_set(issued["scope"])
+                if issued["include_granted_scopes"] and not user.revoked:
+                    scopes |= _scope_set(self._refresh_scopes.get(user.refresh_token, ""))
                 user.revoked = False
-                body = self._issue_access(user)
+                granted = _scope_string(scopes)
+                self._refresh_scopes[user.refresh_token] = granted
+                body = self._issue_access(user, granted)
                 body["refresh_token"] = user.refresh_token
-                body["scope"] = issued["scope"]
                 return 200, body
         return 400, {"error": "unsupported_grant_type", "error_description": "Invalid grant_type"}
 
-    def _issue_access(self, user: FakeUser) -> dict:
+    def _issue_access(self, user: FakeUser, scope: str) -> dict:
         token = "ya29.fake-" + secrets.token_urlsafe(24)
-        self._access[token] = (user, time.time() + self.access_token_seconds)
+        self._access[token] = (user, time.time() + self.access_token_seconds, scope)
         return {
             "access_token": token,
             "expires_in": self.access_token_seconds,
-            "scope": "https://www.googleapis.com/auth/calendar.readonly",
+            "scope": scope,
             "token_type": "Bearer",
         }
 
@@ -1015,6 +1447,246 @@ def _int(query: dict, name: str, default: int, minimum: int) -> int:
     if value < minimum:
         raise ApiError(400, "invalid", f"Invalid value for {name}")
     return value
+
+
+def _scope_set(text: str) -> set[str]:
+    return set((text or "").split())
+
+
+def _scope_string(scopes) -> str:
+    return " ".join(sorted(scopes))
+
+
+def _check_scopes(route: Route, granted: str) -> None:
+    """403 insufficientPermissions unless the token has one of the scopes the discovery document
+    lists for the method (as Google's front end answers, before anything else is looked at)."""
+    allowed = _scope_set(granted) & route.scopes
+    if not allowed:
+        resource, _, method = route.method_id.removeprefix("calendar.").rpartition(".")
+        rpc_method = f"calendar.v3.{resource[:1].upper()}{resource[1:]}.{method.capitalize()}"
+        raise ApiError(
+            403,
+            "insufficientPermissions",
+            "Request had insufficient authentication scopes.",
+            headers={
+                "WWW-Authenticate": 'Bearer realm="https://accounts.google.com/", '
+                f'error="insufficient_scope", scope="{_scope_string(route.scopes)}"'
+            },
+            detail_message="Insufficient Permission",
+            details=[
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
+                    "domain": "googleapis.com",
+                    "metadata": {
+                        "method": rpc_method,
+                        "service": "calendar-json.googleapis.com",
+                    },
+                }
+            ],
+        )
+    if not allowed & MODELLED_SCOPES:
+        raise ApiError(
+            400,
+            "badRequest",
+            f"Not supported by this fake: authorisation through {_scope_string(allowed)}",
+        )
+
+
+def _json_or_none(raw: bytes) -> dict | list | None:
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _json_object(record: RecordedRequest) -> dict:
+    """The request's JSON object body ({} when there is none); 400 parseError otherwise."""
+    if not record.raw_body.strip():
+        return {}
+    if not isinstance(record.body, dict):
+        raise ApiError(400, "parseError")
+    return record.body
+
+
+def _check_if_match(header: str | None, etag: str) -> None:
+    """If-Match (strong comparison, a list or *): 412 conditionNotMet when no tag matches."""
+    if header is None:
+        return
+    tags = [tag.strip() for tag in header.split(",")]
+    if "*" not in tags and etag not in tags:
+        raise ApiError(412, "conditionNotMet")
+
+
+def _write_options(query: dict) -> dict:
+    send = query.get("sendUpdates")
+    if send is not None and send not in ("all", "externalOnly", "none"):
+        raise ApiError(400, "invalid", "Invalid value for sendUpdates")
+    for name in ("sendNotifications", "supportsAttachments"):
+        if name in query and query[name] not in ("true", "false"):
+            raise ApiError(400, "invalid", f"Invalid value for {name}")
+    version = _int(query, "conferenceDataVersion", 0, 0)
+    if version > 1:
+        raise ApiError(400, "invalid", "Invalid value for conferenceDataVersion")
+    return {"conference": version, "attachments": query.get("supportsAttachments") == "true"}
+
+
+def _merge(target: dict, patch: dict) -> dict:
+    """Google's patch semantics: objects merged field by field, arrays replaced, null deletes."""
+    result = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = _merge(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def _serialised(resource: dict) -> bytes:
+    return json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?")
+
+
+def _check_event(resource: dict, *, times: bool) -> None:
+    """What Google refuses in an event it is to store (400s); a dateTime without an offset gets
+    its timeZone's, as Google answers with one. `times=False` leaves start/end unchecked."""
+    for key in STRING_FIELDS:
+        if key in resource and not isinstance(resource[key], str):
+            raise ApiError(400, "invalid", f"Invalid value for {key}")
+    for key, allowed in ENUM_FIELDS.items():
+        if key in resource and resource[key] not in allowed:
+            raise ApiError(400, "invalid", f"Invalid value for {key}")
+    sequence = resource.get("sequence", 0)
+    if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 0:
+        raise ApiError(400, "invalid", "Invalid sequence value.")
+    reminders = resource.get("reminders")
+    if isinstance(reminders, dict) and reminders.get("useDefault") and reminders.get("overrides"):
+        raise ApiError(400, "cannotUseDefaultRemindersAndSpecifyOverride")
+    recurrence = resource.get("recurrence")
+    if recurrence is not None:
+        if not isinstance(recurrence, list) or not all(
+            isinstance(line, str) and RECURRENCE_LINE.match(line) for line in recurrence
+        ):
+            raise ApiError(400, "invalid", "Invalid recurrence rule.")
+        if recurrence and "recurringEventId" in resource:
+            raise ApiError(
+                400, "badRequest", "Not supported by this fake: recurrence on an occurrence"
+            )
+    if times:
+        _check_times(resource, recurring=bool(recurrence))
+
+
+def _check_times(resource: dict, *, recurring: bool) -> None:
+    moments = {}
+    for key in ("start", "end"):
+        value = resource.get(key)
+        if not isinstance(value, dict) or not (value.get("date") or value.get("dateTime")):
+            raise ApiError(400, "required", f"Missing {key} time.")
+        if value.get("date") and value.get("dateTime"):
+            raise ApiError(400, "invalid", f"Invalid {key} time.")
+        zone = None
+        if value.get("timeZone") is not None:
+            try:
+                zone = ZoneInfo(value["timeZone"])
+            except (ZoneInfoNotFoundError, ValueError, TypeError):
+                raise ApiError(
+                    400, "invalid", f"Invalid time zone definition for {key} time."
+                ) from None
+        if value.get("date"):
+            text = value["date"]
+            if not isinstance(text, str) or not DATE.fullmatch(text):
+                raise ApiError(400, "invalid", f"Invalid {key} time.")
+            try:
+                moments[key] = ("date", dt.date.fromisoformat(text))
+            except ValueError:
+                raise ApiError(400, "invalid", f"Invalid {key} time.") from None
+            continue
+        text = value["dateTime"]
+        if not isinstance(text, str) or not DATE_TIME.fullmatch(text):
+            raise ApiError(400, "invalid", f"Invalid {key} time.")
+        try:
+            instant = dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise ApiError(400, "invalid", f"Invalid {key} time.") from None
+        if zone is None and (instant.tzinfo is None or recurring):
+            # A recurring event is expanded in its timeZone, which it must name.
+            raise ApiError(400, "required", f"Missing time zone definition for {key} time.")
+        if instant.tzinfo is None:
+            instant = instant.replace(tzinfo=zone)
+            value["dateTime"] = instant.isoformat()
+        moments[key] = ("dateTime", instant)
+    if moments["start"][0] != moments["end"][0]:
+        raise ApiError(
+            400, "invalid", "Start and end times must either both be date or both be dateTime."
+        )
+    if moments["end"][1] < moments["start"][1]:
+        raise ApiError(400, "timeRangeEmpty")
+
+
+def _exception(master: dict, original_start: str, changes: dict) -> dict:
+    """A new exception of a recurring master for the occurrence starting at `original_start`:
+    the master's fields, its own id, recurringEventId and originalStartTime (see
+    `override_instance` for `changes`)."""
+    changes = dict(changes)
+    zone = master["start"].get("timeZone")
+    original = _time_field(original_start, zone)
+    instance_id = f"{master['id']}_{instance_suffix(original_start)}"
+    duration = _duration(master)
+    start = changes.pop("start", original_start)
+    end = changes.pop("end", None) or _plus(start, duration)
+    resource = {k: v for k, v in master.items() if k not in ("recurrence", "etag", "id", "start")}
+    resource.update(
+        id=instance_id,
+        recurringEventId=master["id"],
+        originalStartTime=original,
+        start=_time_field(start, zone),
+        end=_time_field(end, zone),
+        updated=_now(),
+    )
+    resource.update(changes)
+    return copy.deepcopy(resource)
+
+
+def _in_zone_of(start: dict, instant: dt.datetime) -> dt.datetime:
+    """`instant` as a time of the master's timeZone, else of its start's own UTC offset."""
+    try:
+        if start.get("timeZone"):
+            return instant.astimezone(ZoneInfo(start["timeZone"]))
+    except (ZoneInfoNotFoundError, ValueError):
+        pass
+    own = dt.datetime.fromisoformat(start["dateTime"]).tzinfo
+    return instant.astimezone(own or dt.UTC)
+
+
+def _is_occurrence(master: dict, original: dt.date | dt.datetime) -> bool:
+    """Whether the master's recurrence (expanded with dateutil) has an occurrence starting at
+    `original`; a rule dateutil cannot expand is given the benefit of the doubt."""
+    start = master["start"]
+    try:
+        if "date" in start:
+            dtstart = dt.datetime.combine(dt.date.fromisoformat(start["date"]), dt.time())
+            target = dt.datetime.combine(original, dt.time())
+        else:
+            dtstart = dt.datetime.fromisoformat(start["dateTime"])
+            if start.get("timeZone"):
+                zone = ZoneInfo(start["timeZone"])
+                dtstart = (
+                    dtstart.replace(tzinfo=zone)
+                    if dtstart.tzinfo is None
+                    else dtstart.astimezone(zone)
+                )
+            target = original
+        rules = rrulestr("\n".join(master["recurrence"]), dtstart=dtstart, forceset=True)
+        return target in rules
+    except (ValueError, TypeError, KeyError, ZoneInfoNotFoundError):
+        return True
 
 
 def _duration(resource: dict) -> dt.timedelta:
@@ -1037,6 +1709,21 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):
         pass
 
+    def read_body(self) -> bytes:
+        """The request's body (Content-Length or chunked), so that none is left unread."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline().strip():  # trailers
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
     def reply(
         self,
         status: int,
@@ -1046,8 +1733,9 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> None:
         try:
             self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
+            if status != 204:  # 204 No Content: neither a body nor its headers
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
             for name, value in (headers or {}).items():
                 self.send_header(name, value)
             self.end_headers()
