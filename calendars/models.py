@@ -49,6 +49,8 @@ class Calendar(models.Model):
     color = models.CharField(max_length=32, blank=True)
     timezone = models.CharField(max_length=100, blank=True)
     selected = models.BooleanField(default=True)
+    # May Caly write events here (CalDAV privileges, Google accessRole)? Set by each sync.
+    writable = models.BooleanField(default=True)
     # Provider sync state: CalDAV sync-token and ctag, Google nextSyncToken.
     sync_token = models.TextField(blank=True)
     ctag = models.TextField(blank=True)
@@ -76,6 +78,12 @@ class Calendar(models.Model):
 class Event(models.Model):
     """One VEVENT: a master (empty recurrence_id) or an overridden instance of a recurring event."""
 
+    class SyncState(models.TextChoices):
+        SYNCED = "synced", "Synced"
+        PENDING = "pending", "Pending"  # a change made through Caly is on its way to the server
+        CONFLICT = "conflict", "Conflict"  # the server's copy changed first; it was kept
+        FAILED = "failed", "Failed"  # the server refused the change
+
     calendar = models.ForeignKey(Calendar, on_delete=models.CASCADE, related_name="events")
     uid = models.CharField(max_length=1000)
     # RECURRENCE-ID of an overridden instance as an ISO instant (UTC) or date; "" for a master.
@@ -97,6 +105,13 @@ class Event(models.Model):
     # The provider's source: the iCalendar object text, or Google's event JSON.
     raw = models.TextField(blank=True)
     remote_last_modified = models.DateTimeField(null=True, blank=True)
+    # Where the last change made through Caly stands (sync.services.writes).
+    sync_state = models.CharField(
+        max_length=16, choices=SyncState.choices, default=SyncState.SYNCED
+    )
+    sync_error = models.TextField(blank=True)
+    # Deleted through Caly, not yet on the server: left out of every listing meanwhile.
+    deleting = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -8,7 +8,7 @@ from django.utils import timezone
 from django_celery_results.managers import TaskResultManager
 from django_celery_results.models import TaskResult
 
-from calendars.models import Account
+from calendars.models import Account, Calendar, Event
 from caly.scrub import scrub
 from sync import sql
 
@@ -19,6 +19,7 @@ class SyncRun(models.Model):
         SCHEDULE = "schedule", "Schedule"
         COMMAND = "command", "Command"
         ADMIN = "admin", "Admin"
+        WRITE = "write", "Write"  # carries events changed through Caly to the server
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -54,6 +55,9 @@ class SyncRun(models.Model):
     published_at = models.DateTimeField(null=True, blank=True)
     # A queued run waiting out a transient error: its message comes back at this time.
     retry_at = models.DateTimeField(null=True, blank=True)
+    # Only carries the account's pending writes to the server, without reading its calendars
+    # (a write's own run); a sync requested while it is queued turns it into a whole sync.
+    writes_only = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-requested_at", "-id"]
@@ -77,6 +81,58 @@ class SyncRun(models.Model):
             "calendars_total": self.calendars_total,
             "events_processed": self.events_processed,
         }
+
+
+class PendingWrite(models.Model):
+    """An event created, changed or deleted through Caly, on its way to the server.
+
+    Recorded in the transaction that changed the event locally, and carried out by the
+    account's next run, in the order the API accepted the writes (their ids).
+    """
+
+    class Kind(models.TextChoices):
+        CREATE = "create", "Create"
+        UPDATE = "update", "Update"
+        DELETE = "delete", "Delete"
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        APPLIED = "applied", "Applied"
+        CONFLICT = "conflict", "Conflict"
+        FAILED = "failed", "Failed"
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="pending_writes")
+    calendar = models.ForeignKey(Calendar, on_delete=models.CASCADE, related_name="+")
+    # The local row the write is about (the master, for a change to one occurrence).
+    event = models.ForeignKey(
+        Event, null=True, blank=True, on_delete=models.SET_NULL, related_name="pending_writes"
+    )
+    uid = models.CharField(max_length=1000)
+    recurrence_id = models.CharField(max_length=64, blank=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    # What is sent: the remote href or event id, and the body (an iCalendar object, or JSON).
+    href = models.CharField(max_length=2000)
+    body = models.TextField(blank=True)
+    # Also written into what is sent, so that a write redelivered after its worker died
+    # recognises itself on the server instead of applying twice.
+    marker = models.CharField(max_length=64, unique=True)
+    # The fields the user changed, for saying what was not applied on a conflict.
+    fields = models.JSONField(default=list, blank=True)
+    idempotency_key = models.CharField(max_length=255, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    error = models.TextField(blank=True)
+    accepted_at = models.DateTimeField(default=timezone.now)
+    applied_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["account", "state", "id"]),
+            models.Index(fields=["calendar", "state"]),
+        ]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} {self.uid} ({self.state})"
 
 
 class SyncLease(models.Model):
