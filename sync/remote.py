@@ -20,6 +20,7 @@ class RemoteCalendar(msgspec.Struct, frozen=True):
     name: str = ""
     color: str = ""
     timezone: str = ""
+    writable: bool = True  # may Caly write events here
 
 
 class RemoteEvent(msgspec.Struct, frozen=True):
@@ -77,3 +78,60 @@ class ChangeBatch:
     deleted_hrefs: list[str] = field(default_factory=list)
     skipped: list[SkippedObject] = field(default_factory=list)
     cursor: Cursor | None = None
+
+
+class EventValues(msgspec.Struct, frozen=True):
+    """What a user sets on an event through Caly: the fields Caly manages on the server.
+
+    `start`/`end` are aware; for an all-day event their dates count. `timezone` is the IANA zone
+    the times are written in ("": UTC).
+    """
+
+    summary: str = ""
+    description: str = ""
+    location: str = ""
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    all_day: bool = False
+    timezone: str = ""
+    rrule: str = ""
+
+
+class LocalChange(msgspec.Struct, frozen=True):
+    """A change made through Caly, for a provider to turn into what it sends (`OutgoingWrite`).
+
+    kind: "create" (a new event), "update" (the event, or with `recurrence_id` one occurrence of
+    it), "delete" (the event, or with `recurrence_id` one occurrence). `href` and `raw` are where
+    the event lives and its stored source ("" for a new one); `changed` names the fields of
+    `values` the user changed; `marker` goes into what is sent (`OutgoingWrite.marker`).
+    """
+
+    kind: str
+    calendar_id: str
+    uid: str
+    values: EventValues
+    marker: str
+    href: str = ""
+    raw: str = ""
+    recurrence_id: str = ""
+    changed: tuple[str, ...] = ()
+    # The occurrence's original start and the series' own, for a change to one occurrence.
+    original_start: dt.datetime | None = None
+    series: EventValues | None = None
+
+
+class OutgoingWrite(msgspec.Struct, frozen=True):
+    """One request a provider sends for a change: PUT/insert ("create"), PUT/patch ("update") or
+    DELETE ("delete") of `href` with `body`.
+
+    `source` is the event's new stored source when the body is the whole object (CalDAV), else
+    "". `marker` is written into the body, so that a write sent again after its worker died
+    recognises itself on the server instead of applying twice.
+    """
+
+    kind: str
+    href: str
+    marker: str
+    body: str = ""
+    source: str = ""
+    uid: str = ""

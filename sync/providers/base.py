@@ -10,7 +10,14 @@ import abc
 from collections.abc import Callable, Iterator, Mapping
 
 from caly.scrub import scrub
-from sync.remote import ChangeBatch, Cursor, RemoteCalendar
+from sync.remote import (
+    ChangeBatch,
+    Cursor,
+    LocalChange,
+    OutgoingWrite,
+    RemoteCalendar,
+    RemoteObject,
+)
 
 # The stored href → etag of a calendar, read when called (once: the answer is kept for the
 # sync). A sync that compares nothing (an unchanged CTag, an empty list of changes) never calls
@@ -40,6 +47,17 @@ class AuthError(ProviderError):
 
 class ConnectError(ProviderError):
     """The account cannot be connected: unreachable, not a calendar server, wrong address."""
+
+
+class WriteConflict(ProviderError):
+    """The server's copy changed since Caly last saw it (412): the change was not applied.
+
+    `current` is the server's object as it is now, or None when it is gone from the server.
+    """
+
+    def __init__(self, message: str, *, current: RemoteObject | None):
+        super().__init__(message)
+        self.current = current
 
 
 class Provider(abc.ABC):
@@ -81,6 +99,22 @@ class Provider(abc.ABC):
         `engine.listing_diff` to say what to fetch and what disappeared; call it only when
         there is something to compare. The last batch carries the new cursor.
         """
+
+    @classmethod
+    def encode_write(cls, change: LocalChange) -> OutgoingWrite:
+        """What to send for a change made through Caly; pure (no request), so the API calls it
+        while recording the change. Raises ValueError if the stored source cannot take it."""
+        raise ProviderError(f"{cls.__name__} cannot write events.")
+
+    def write(self, write: OutgoingWrite, *, calendar_id: str, etag: str) -> RemoteObject | None:
+        """Send one write to the calendar `calendar_id` (its remote id), conditional on `etag`
+        (the stored one; "" for a new event).
+
+        Returns the object as now on the server (its new etag), or None once it is deleted.
+        Raises WriteConflict if the server's copy changed since `etag`, and recognises its own
+        earlier attempt (`write.marker` on the server) as done.
+        """
+        raise ProviderError(f"{type(self).__name__} cannot write events.")
 
     def close(self) -> None:  # noqa: B027 - optional hook; most providers hold nothing
         """Release what the provider holds (connections are pooled and shared)."""

@@ -35,7 +35,8 @@ CALENDAR_LIST_BODY = """<?xml version="1.0" encoding="utf-8"?>
 <d:propfind xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav"
             xmlns:ic="http://apple.com/ns/ical/" xmlns:cs="http://calendarserver.org/ns/">
   <d:prop><d:resourcetype/><d:displayname/><ic:calendar-color/><c:calendar-timezone/>
-    <c:supported-calendar-component-set/><d:supported-report-set/>{ctag}</d:prop>
+    <c:supported-calendar-component-set/><d:supported-report-set/>
+    <d:current-user-privilege-set/>{ctag}</d:prop>
 </d:propfind>"""
 CALENDAR_LIST_CTAG = "<cs:getctag/><d:getetag/>"
 
@@ -368,9 +369,12 @@ class DAVSession:
     def host(self) -> str:
         return urlsplit(self.url).netloc.rpartition("@")[2] or self.url
 
-    def send(self, method: str, url: str, body: str, *, depth: str | None):
-        """One request through the shared session, streamed; errors mapped to Caly's kinds."""
-        headers = {"Content-Type": "application/xml; charset=utf-8"}
+    def send(self, method: str, url: str, body: str, *, depth: str | None, headers=None):
+        """One request through the shared session, streamed; errors mapped to Caly's kinds.
+
+        A 403 to a write (PUT, DELETE) is the calendar's refusal, not the account's: it is
+        answered to the caller."""
+        headers = {"Content-Type": "application/xml; charset=utf-8", **(headers or {})}
         if depth is not None:
             headers["Depth"] = depth
         for _attempt in range(2):
@@ -406,7 +410,7 @@ class DAVSession:
                 continue
             break
         status = response.status_code
-        if status == 401 or (status == 403 and method != "REPORT"):
+        if status == 401 or (status == 403 and method not in ("REPORT", "PUT", "DELETE")):
             response.close()
             raise AuthError(AUTH_REFUSED)
         if status in (429, 503) or (status >= 500 and status != 507):

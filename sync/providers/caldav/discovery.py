@@ -95,6 +95,12 @@ def list_calendars(
                 etree.QName(r).localname == "sync-collection"
                 for r in report_set.iterfind(".//d:supported-report/d:report/*", NS)
             )
+        # Without a privilege set, assume writable: a refused write says so itself.
+        privileges = prop.find("d:current-user-privilege-set", NS)
+        writable = privileges is None or any(
+            etree.QName(p).localname in ("all", "write", "write-content", "bind")
+            for p in privileges.iterfind("d:privilege/*", NS)
+        )
         ctag = ctag_of(item) if with_ctag else None
         infos[normalize_href(urlsplit(url).path)] = CalendarInfo(supports_sync, ctag)
         if len(calendars) >= MAX_CALENDARS:
@@ -109,6 +115,7 @@ def list_calendars(
                 or unquote(urlsplit(url).path.rstrip("/").rpartition("/")[2]),
                 color=(prop.findtext("ic:calendar-color", namespaces=NS) or "").strip()[:32],
                 timezone=vtimezone_id(prop.findtext("c:calendar-timezone", namespaces=NS) or ""),
+                writable=writable,
             )
         )
     if answer.truncated:

@@ -44,7 +44,16 @@ from sync.providers.caldav.dav import (
     xml_escape,
 )
 from sync.providers.caldav.discovery import ctag_of, discovery_client, find_home, list_calendars
-from sync.remote import ChangeBatch, Cursor, RemoteCalendar, RemoteObject, SkippedObject
+from sync.providers.caldav.writing import encode_write, send_write
+from sync.remote import (
+    ChangeBatch,
+    Cursor,
+    LocalChange,
+    OutgoingWrite,
+    RemoteCalendar,
+    RemoteObject,
+    SkippedObject,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +78,14 @@ class CalDAVProvider(Provider):
     def close(self) -> None:
         # The session is shared; only forget the discovery client.
         self._client = None
+
+    # --- writing back (writing.py) ----------------------------------------------------------
+    @classmethod
+    def encode_write(cls, change: LocalChange) -> OutgoingWrite:
+        return encode_write(change)
+
+    def write(self, write: OutgoingWrite, *, calendar_id: str, etag: str) -> RemoteObject | None:
+        return send_write(self._dav, write, calendar_id=calendar_id, etag=etag)
 
     # --- discovery -----------------------------------------------------------------------
     def _find_home(self) -> str:

@@ -27,6 +27,14 @@ class NotFound(ProviderError):
     """HTTP 404/410 on a single resource."""
 
 
+class PreconditionFailed(ProviderError):
+    """HTTP 412: the event's etag is not the one a write was conditional on."""
+
+
+class Duplicate(ProviderError):
+    """HTTP 409: an event with the id an insert chose exists already."""
+
+
 def _error_reason(exc: HttpError) -> str:
     try:
         error = json.loads(exc.content.decode("utf-8"))["error"]
@@ -40,8 +48,9 @@ def _error_reason(exc: HttpError) -> str:
     return str(error.get("status") or "")
 
 
-def provider_error(exc: HttpError, *, what: str) -> ProviderError:
-    """An HTTP error from the Calendar API as one of Caly's error kinds (never with the URL)."""
+def provider_error(exc: HttpError, *, what: str, action: str = "list") -> ProviderError:
+    """An HTTP error from the Calendar API as one of Caly's error kinds (never with the URL);
+    `action` is what Caly was doing to `what` ("list", "change")."""
     status = exc.resp.status
     reason = _error_reason(exc)
     retry_after = retry_after_seconds(exc.resp.get("retry-after"))
@@ -50,7 +59,7 @@ def provider_error(exc: HttpError, *, what: str) -> ProviderError:
         return SyncTokenExpired(f"Google asked for a full sync of {what} ({label}).")
     if status == 429 or status >= 500 or (status == 403 and reason in RATE_LIMIT_REASONS):
         return TransientError(
-            f"Google Calendar asked Caly to slow down or was unavailable while reading {what} "
+            f"Google Calendar asked Caly to slow down or was unavailable (to {action} {what}) "
             f"({label}).",
             retry_after=retry_after,
         )
@@ -61,11 +70,20 @@ def provider_error(exc: HttpError, *, what: str) -> ProviderError:
         )
     if status == 401:
         return AuthError(f"Google refused Caly's access to this account ({label}). {RECONNECT}")
+    if status == 403 and reason in SCOPE_REASONS and action != "list":
+        return AuthError(
+            "The Google account was connected with read-only access, so Caly may not change "
+            f"its events. {RECONNECT}"
+        )
     if status == 403 and reason in SCOPE_REASONS:
         return AuthError(f"The Google account did not allow Caly to read calendars. {RECONNECT}")
+    if status == 412:
+        return PreconditionFailed(f"{what} changed on Google meanwhile ({label}).")
+    if status == 409:
+        return Duplicate(f"{what} exists on Google already ({label}).")
     if status in (404, 410):
         return NotFound(f"Google Calendar could not find {what} ({label}).")
-    return ProviderError(f"Google Calendar refused to list {what} ({label}).")
+    return ProviderError(f"Google Calendar refused to {action} {what} ({label}).")
 
 
 def refresh_failure(exc: google.auth.exceptions.RefreshError) -> ProviderError:

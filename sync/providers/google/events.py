@@ -24,6 +24,7 @@ class _CalendarEntry(msgspec.Struct, rename="camel"):
     time_zone: str = ""
     primary: bool = False
     deleted: bool = False
+    access_role: str = "owner"
 
 
 class _CalendarPage(msgspec.Struct, rename="camel"):
@@ -61,6 +62,7 @@ class GoogleEvent(msgspec.Struct, rename="camel"):
     original_start_time: _Time | None = None
     recurrence: list[str] = []
     updated: str = ""
+    extended_properties: dict | None = None
 
 
 class _Identified(msgspec.Struct):

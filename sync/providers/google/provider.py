@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import time
 from collections import defaultdict
@@ -37,15 +38,20 @@ from sync.providers.base import (
     ProviderError,
     StoredEtags,
     TransientError,
+    WriteConflict,
 )
+from sync.providers.google import writing
 from sync.providers.google.errors import (
     RECONNECT,
+    Duplicate,
     NotFound,
+    PreconditionFailed,
     SyncTokenExpired,
     provider_error,
     refresh_failure,
 )
 from sync.providers.google.events import (
+    GoogleEvent,
     calendar_pages,
     event_from_google,
     event_pages,
@@ -53,12 +59,25 @@ from sync.providers.google.events import (
     id_of,
 )
 from sync.providers.google.transport import BytesModel, Http
-from sync.remote import ChangeBatch, Cursor, RemoteCalendar, RemoteObject, SkippedObject
+from sync.remote import (
+    ChangeBatch,
+    Cursor,
+    LocalChange,
+    OutgoingWrite,
+    RemoteCalendar,
+    RemoteObject,
+    SkippedObject,
+)
 
 logger = logging.getLogger(__name__)
 
 
-SCOPE = "https://www.googleapis.com/auth/calendar.readonly"
+# The calendar list (read-only) and the events (read and write). Accounts connected before
+# Caly wrote back hold calendar.readonly only; their first write asks them to reconnect.
+SCOPE = (
+    "https://www.googleapis.com/auth/calendar.readonly "
+    "https://www.googleapis.com/auth/calendar.events"
+)
 EVENTS_PAGE = 2500  # events.list maxResults: the largest page Google serves
 CALENDARS_PAGE = 250  # calendarList.list maxResults: likewise
 # A throttled request is retried here, at once, when the wait is short: the rest of a long
@@ -68,6 +87,7 @@ INLINE_BACKOFF_SECONDS = 1.0
 RETRY_AFTER_SPREAD = 0.25  # requests told the same Retry-After do not all return at once
 
 UTC = dt.UTC
+RAW = msgspec.json.Decoder(msgspec.Raw)  # an answer kept as Google sent it
 
 
 # --- access tokens ----------------------------------------------------------------------------
@@ -175,9 +195,11 @@ class GoogleProvider(Provider):
         if wait > 0:
             time.sleep(wait)
 
-    def _execute(self, request, *, what: str, decoder: msgspec.json.Decoder):
-        """Run one API request and decode its answer with `decoder`; failures become Caly's
-        error kinds (see `errors.provider_error`)."""
+    def _execute(
+        self, request, *, what: str, decoder: msgspec.json.Decoder | None, action: str = "list"
+    ):
+        """Run one API request and decode its answer with `decoder` (None: no answer to read);
+        failures become Caly's error kinds (see `errors.provider_error`)."""
         key = token_key(self.refresh_token)
         for attempt in range(INLINE_RETRIES + 1):
             try:
@@ -186,11 +208,13 @@ class GoogleProvider(Provider):
                 _access_tokens.pop(key, None)
                 raise refresh_failure(exc) from None
             except HttpError as exc:
-                failure = provider_error(exc, what=what)
+                failure = provider_error(exc, what=what, action=action)
             else:
                 failure = None
             # The access token the request went with (refreshed, perhaps) serves the next sync.
             _access_tokens[key] = (self._credentials.token, self._credentials.expiry)
+            if failure is None and decoder is None:
+                return None
             if failure is None:
                 try:
                     return decoder.decode(content)
@@ -211,6 +235,67 @@ class GoogleProvider(Provider):
             logger.info("%s; retrying in %.1f s", failure, wait)
             time.sleep(wait)
         raise AssertionError("unreachable")
+
+    # --- writing back ------------------------------------------------------------------------
+    @classmethod
+    def encode_write(cls, change: LocalChange) -> OutgoingWrite:
+        return writing.encode_write(change)
+
+    def write(self, write: OutgoingWrite, *, calendar_id: str, etag: str) -> RemoteObject | None:
+        """events.insert, events.patch or events.delete (If-Match: `etag`) of one event."""
+        events = self.service.events()
+        what = "the event"
+        try:
+            if write.kind == "create":
+                body = json.loads(write.body)
+                request = events.insert(calendarId=calendar_id, body=body)
+            elif write.kind == "update":
+                body = json.loads(write.body)
+                request = events.patch(calendarId=calendar_id, eventId=write.href, body=body)
+            else:
+                request = events.delete(calendarId=calendar_id, eventId=write.href)
+            if etag and write.kind != "create":
+                request.headers["If-Match"] = etag
+            decoder = None if write.kind == "delete" else RAW
+            raw = self._execute(request, what=what, decoder=decoder, action="change")
+        except NotFound:
+            if write.kind == "delete":
+                return None  # gone already, by this write before its worker died or otherwise
+            raise WriteConflict("The event was deleted on Google.", current=None) from None
+        except (PreconditionFailed, Duplicate):
+            current = self._current(calendar_id, write.href)
+            if current is not None and writing.is_own(current[1].extended_properties, write.marker):
+                return current[0]  # this very write, sent before its worker died
+            if write.kind == "create":  # someone else's event under the id Caly chose
+                raise ProviderError(f"Google has another event with the id {write.href}.") from None
+            raise WriteConflict(
+                "The event was changed on Google since Caly last read it.",
+                current=current[0] if current is not None else None,
+            ) from None
+        if raw is None:
+            return None
+        return self._object(raw)[0]
+
+    def _current(self, calendar_id: str, event_id: str) -> tuple[RemoteObject, GoogleEvent] | None:
+        try:
+            raw = self._execute(
+                self.service.events().get(calendarId=calendar_id, eventId=event_id),
+                what="the event",
+                decoder=RAW,
+            )
+        except NotFound:
+            return None
+        found, item = self._object(raw)
+        return None if item.status == "cancelled" else (found, item)
+
+    @staticmethod
+    def _object(raw: msgspec.Raw) -> tuple[RemoteObject, GoogleEvent]:
+        """An event resource as Google sent it, with Caly's reading of it."""
+        item = events_decoder.decode(raw)
+        event = event_from_google(item, uid=item.ical_uid)
+        return RemoteObject(
+            href=item.id, etag=item.etag, events=(event,), raw=str(raw, "utf-8")
+        ), item
 
     # --- discovery --------------------------------------------------------------------------
     def discover(self) -> list[RemoteCalendar]:
@@ -234,6 +319,7 @@ class GoogleProvider(Provider):
                         name=(entry.summary_override or entry.summary)[:500] or entry.id,
                         color=entry.background_color[:32],
                         timezone=entry.time_zone,
+                        writable=entry.access_role in ("owner", "writer"),
                     )
                 )
             page_token = page.next_page_token

@@ -59,7 +59,10 @@ def test_consent_redirect_carries_state_pkce_and_offline_access(browser, google,
     assert params["client_id"] == google.client_id
     assert params["redirect_uri"] == "http://testserver/google/callback/"
     assert params["response_type"] == "code"
-    assert params["scope"] == "https://www.googleapis.com/auth/calendar.readonly"
+    assert params["scope"] == (
+        "https://www.googleapis.com/auth/calendar.readonly "
+        "https://www.googleapis.com/auth/calendar.events"
+    )
     assert (params["access_type"], params["prompt"]) == ("offline", "consent")
     assert params["code_challenge_method"] == "S256" and len(params["code_challenge"]) == 43
     assert params["state"] == browser.session["google_oauth"]["state"]
