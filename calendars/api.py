@@ -32,6 +32,7 @@ class CalendarSerializer(serializers.ModelSerializer):
             "color",
             "timezone",
             "selected",
+            "writable",
             "last_synced_at",
             "missing_since",
         ]
@@ -48,6 +49,7 @@ class CalendarSerializer(serializers.ModelSerializer):
 
 class EventSerializer(serializers.ModelSerializer):
     recurrence_id = serializers.SerializerMethodField()
+    sync_error = serializers.SerializerMethodField()
 
     class Meta:
         model = Event
@@ -65,11 +67,16 @@ class EventSerializer(serializers.ModelSerializer):
             "timezone",
             "status",
             "rrule",
+            "sync_state",
+            "sync_error",
         ]
         read_only_fields = fields
 
     def get_recurrence_id(self, obj) -> str | None:
         return obj.recurrence_id or None
+
+    def get_sync_error(self, obj) -> str | None:
+        return obj.sync_error or None
 
 
 def int_param(request, name: str) -> int | None:

@@ -41,9 +41,16 @@ def calendars_missing_for_user(*, user) -> QuerySet[Calendar]:
     )
 
 
-def events_for_user(*, user, calendar_id: int | None = None) -> QuerySet[Event]:
-    """Stored rows (masters, overrides, single events); see `events_in_window` for a time window."""
+def events_for_user(
+    *, user, calendar_id: int | None = None, with_deleting: bool = False
+) -> QuerySet[Event]:
+    """Stored rows (masters, overrides, single events); see `events_in_window` for a time window.
+
+    Events deleted through Caly and not yet on the server are left out, unless `with_deleting`.
+    """
     qs = Event.objects.filter(calendar__account__owner=user)
+    if not with_deleting:
+        qs = qs.filter(deleting=False)
     if calendar_id is not None:
         qs = qs.filter(calendar_id=calendar_id)
     return qs.defer("raw").order_by("start", "id")
@@ -90,7 +97,7 @@ def events_in_window(
     if calendar_id is not None:
         calendars = calendars.filter(pk=calendar_id)
     zones = dict(calendars.values_list("id", "timezone"))
-    in_scope = Event.objects.filter(calendar_id__in=list(zones))
+    in_scope = Event.objects.filter(calendar_id__in=list(zones), deleting=False)
     recurring = ~Q(rrule="") | ~Q(rdate=[])
     max_series = settings.CALY_MAX_SERIES
     masters = list(
@@ -115,6 +122,8 @@ def events_in_window(
             "summary",
             "description",
             "location",
+            "sync_state",
+            "sync_error",
         )[: max_series + 1]
     )
     if len(masters) > max_series:
@@ -379,4 +388,6 @@ def _occurrence(master: Event, by_key: dict[str, Event], component, *, zone) -> 
         timezone=master.timezone,
         status=str(component.get("STATUS", "")).upper(),
         rrule=master.rrule,
+        sync_state=source.sync_state,
+        sync_error=source.sync_error,
     )

@@ -177,6 +177,7 @@ REST_FRAMEWORK = {
         "account_connect": env.str("CALY_THROTTLE_ACCOUNTS", default="30/minute"),
         "sync_request": env.str("CALY_THROTTLE_SYNC", default="120/minute"),
         "event_read": env.str("CALY_THROTTLE_EVENTS", default="60/minute"),
+        "event_write": env.str("CALY_THROTTLE_WRITES", default="300/minute"),
     },
 }
 # Throttle counts live here, so every web process must see the same cache: by default a table

@@ -3,8 +3,9 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from calendars.api import CalendarViewSet, EventViewSet
+from calendars.api import CalendarViewSet
 from sync.api import AccountViewSet, SyncViewSet
+from sync.events_api import EventViewSet
 
 router = DefaultRouter()
 router.register("accounts", AccountViewSet, basename="account")

@@ -16,7 +16,7 @@ from django_celery_results.models import TaskResult
 from calendars.admin import AccountAdmin
 from calendars.models import Account
 from sync import services
-from sync.models import SyncRun
+from sync.models import PendingWrite, SyncRun
 
 
 def duration_text(value: dt.timedelta | None) -> str:
@@ -242,3 +242,27 @@ class SyncTaskResultAdmin(TaskResultAdmin):
     def sync_run(self, obj):
         run_id = getattr(obj, "sync_run_id", None)
         return run_link(run_id) if run_id is not None else "—"
+
+
+# --- writes on their way to the servers -----------------------------------------------------
+@admin.register(PendingWrite)
+class PendingWriteAdmin(admin.ModelAdmin):
+    """Events changed through Caly: pending, applied, in conflict or refused, per account."""
+
+    list_display = (
+        "id",
+        "account",
+        "kind",
+        "uid",
+        "recurrence_id",
+        "state",
+        "accepted_at",
+        "error",
+    )
+    list_filter = ("state", "kind", "account")
+    search_fields = ("uid", "href", "error")
+    ordering = ("-id",)
+    readonly_fields = [f.name for f in PendingWrite._meta.fields]
+
+    def has_add_permission(self, request):
+        return False

@@ -22,7 +22,8 @@ def in_use() -> bool:
 # its first sync) and the run is queued and due. It takes the lease (the lease row is locked
 # first, as everywhere) and marks the run running. No row back: the lease was busy or the run
 # not claimable; the caller rolls back whatever the statement did and takes the ORM path of
-# `sync.states.run_claim`, which covers every case.
+# `sync.states.run_claim`, which covers every case. With the run comes whether its account has
+# writes waiting to go out (`pending_writes`), so that a run with none asks nothing more.
 CLAIM = """
     WITH lease AS (
         INSERT INTO sync_synclease AS lease (account_id, holder, run_id, expires_at)
@@ -44,7 +45,10 @@ CLAIM = """
       AND run.account_id = lease.account_id
       AND run.state = 'queued'
       AND (run.retry_at IS NULL OR run.retry_at <= %(due_by)s)
-    RETURNING run.*
+    RETURNING run.*, EXISTS (
+        SELECT FROM sync_pendingwrite AS write
+        WHERE write.account_id = run.account_id AND write.state = 'pending'
+    ) AS pending_writes
 """
 
 # The account a claimed run syncs, read with it.

@@ -149,7 +149,12 @@ def calendars_reconcile(
     for item in remote:
         key = normalize_href(item.remote_id)
         seen.add(key)
-        shown = {"name": item.name[:500], "color": item.color[:32], "timezone": item.timezone[:100]}
+        shown = {
+            "name": item.name[:500],
+            "color": item.color[:32],
+            "timezone": item.timezone[:100],
+            "writable": item.writable,
+        }
         calendar = existing.get(key)
         if calendar is None:
             calendar = Calendar.objects.create(account=account, remote_id=item.remote_id, **shown)

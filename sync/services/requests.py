@@ -78,28 +78,48 @@ def sync_request(
     return runs
 
 
-def sync_request_account(*, account: Account, trigger: str, publish: bool = True) -> SyncRun:
-    return _request_account(account=account, trigger=trigger, publish=publish)[0]
+def sync_request_account(
+    *, account: Account, trigger: str, publish: bool = True, writes_only: bool = False
+) -> SyncRun:
+    """Queue a sync of one account (or return the one queued). `writes_only`: the run only
+    carries the account's pending writes to the server (`sync.services.writes`); every run does
+    that first, so a queued one serves. A sync asked for while a writes-only run is queued
+    turns it into a whole sync."""
+    return _request_account(
+        account=account, trigger=trigger, publish=publish, writes_only=writes_only
+    )[0]
 
 
-def _request_account(*, account: Account, trigger: str, publish: bool) -> tuple[SyncRun, bool]:
+def _request_account(
+    *, account: Account, trigger: str, publish: bool, writes_only: bool = False
+) -> tuple[SyncRun, bool]:
     """The account's queued run, and whether this call added it."""
     queued = SyncRun.objects.filter(account=account, state=SyncRun.State.QUEUED)
     with transaction.atomic():
         existing = queued.first()
+        if existing is not None and existing.writes_only and not writes_only:
+            if not queued.filter(pk=existing.pk).update(writes_only=False):
+                existing = None  # it started meanwhile: queue a whole sync after it
+            else:
+                existing.writes_only = False
         if existing is not None:
             return existing, False
         try:
             with transaction.atomic():
                 run = SyncRun.objects.create(
-                    account=account, trigger=trigger, task_id=str(uuid.uuid4())
+                    account=account,
+                    trigger=trigger,
+                    task_id=str(uuid.uuid4()),
+                    writes_only=writes_only,
                 )
         except IntegrityError:  # a concurrent request queued one first
             existing = queued.first()
             if existing is not None:
                 return existing, False
             # ...and it has started already: queue the follow-up after all.
-            return _request_account(account=account, trigger=trigger, publish=publish)
+            return _request_account(
+                account=account, trigger=trigger, publish=publish, writes_only=writes_only
+            )
         if publish:
             transaction.on_commit(lambda: sync_publish(run=run, withdraw_on_failure=True))
     return run, True

@@ -26,6 +26,7 @@ from sync.remote import ChangeBatch, Cursor, RemoteCalendar
 from sync.services.accounts import account_home_url_check, calendars_reconcile
 from sync.services.requests import BROKER_ERRORS, sync_publish_or_leave_to_reaper
 from sync.services.store import events_apply
+from sync.services.writes import writes_push
 from sync.states import ClaimOutcome, Counts, Ending
 
 logger = logging.getLogger(__name__)
@@ -176,7 +177,9 @@ def _execute(run: SyncRun, *, counts: Counts, heartbeat: LeaseHeartbeat) -> Inte
         logger.exception("sync run %s failed", run.pk)
         error = f"Internal error while syncing ({type(exc).__name__}); the team has the details."
         return Ending(SyncRun.State.FAILED, error=error, account={"last_error": error})
-    account = {"last_synced_at": timezone.now(), "last_error": ""}
+    account = {"last_error": ""}
+    if not run.writes_only:
+        account["last_synced_at"] = timezone.now()
     return Ending(SyncRun.State.SUCCEEDED, account=account)
 
 
@@ -227,41 +230,60 @@ def _sync_account(
     provider = provider_for(account)
     # Inside the provider's own loops of requests (continuations, pages) too.
     provider.checkpoint = functools.partial(_checkpoint, heartbeat=heartbeat, deadline=deadline)
+    fence = functools.partial(lease_fence, account_id=run.account_id, token=heartbeat.token)
+    try:
+        # What was changed through Caly goes out first, in the order it was accepted. The claim
+        # statement (sql.CLAIM) tells whether there is any; the ORM's claim does not.
+        if getattr(run, "pending_writes", True):
+            writes_push(
+                account_id=account.pk,
+                provider=provider,
+                checkpoint=provider.checkpoint,
+                fence=fence,
+            )
+        if run.writes_only:
+            return
+        _sync_calendars(run, provider, counts=counts, heartbeat=heartbeat, deadline=deadline)
+    finally:
+        provider.close()
+
+
+def _sync_calendars(
+    run: SyncRun, provider: Provider, *, counts: Counts, heartbeat: LeaseHeartbeat, deadline: float
+) -> None:
+    account = run.account
     stored = list(Calendar.objects.filter(account=account).order_by("pk"))
     # Where each selected calendar's last sync left off, before discovery (CalDAV asks for
     # ctags in its calendar list when some calendar syncs by ctag).
     provider.cursors = {c.remote_id: _cursor(c) for c in stored if c.selected}
-    try:
-        remote = provider.discover()
-        if provider.home_url != account.home_url:
-            account_home_url_check(home_url=provider.home_url)
-            counts.account["home_url"] = provider.home_url
-        listed = calendars_reconcile(account=account, remote=remote, stored=stored)
-        by_id = {normalize_href(r.remote_id): r for r in remote}
-        selected = [each for each in listed if each.calendar.selected]
-        counts.calendars_total, counts.calendars_done = len(selected), 0
-        # Someone watching sees the sync past discovery ("0/1 calendars") while it lists events.
-        states.run_record_progress(run=run, **counts.calendar_counts())
-        for each in selected:
-            calendar = each.calendar
-            synced_at = calendar.last_synced_at
-            _sync_calendar(
-                run,
-                provider,
-                calendar,
-                by_id[normalize_href(calendar.remote_id)],
-                added=each.added,
-                counts=counts,
-                heartbeat=heartbeat,
-                deadline=deadline,
-            )
-            counts.calendars_done += 1
-            if calendar.last_synced_at == synced_at:  # its cursor did not move
-                counts.calendars_unchanged.append(calendar.pk)
-            if counts.calendars_done < counts.calendars_total:  # the last one ends the run
-                states.run_record_progress(run=run, calendars_done=counts.calendars_done)
-    finally:
-        provider.close()
+    remote = provider.discover()
+    if provider.home_url != account.home_url:
+        account_home_url_check(home_url=provider.home_url)
+        counts.account["home_url"] = provider.home_url
+    listed = calendars_reconcile(account=account, remote=remote, stored=stored)
+    by_id = {normalize_href(r.remote_id): r for r in remote}
+    selected = [each for each in listed if each.calendar.selected]
+    counts.calendars_total, counts.calendars_done = len(selected), 0
+    # Someone watching sees the sync past discovery ("0/1 calendars") while it lists events.
+    states.run_record_progress(run=run, **counts.calendar_counts())
+    for each in selected:
+        calendar = each.calendar
+        synced_at = calendar.last_synced_at
+        _sync_calendar(
+            run,
+            provider,
+            calendar,
+            by_id[normalize_href(calendar.remote_id)],
+            added=each.added,
+            counts=counts,
+            heartbeat=heartbeat,
+            deadline=deadline,
+        )
+        counts.calendars_done += 1
+        if calendar.last_synced_at == synced_at:  # its cursor did not move
+            counts.calendars_unchanged.append(calendar.pk)
+        if counts.calendars_done < counts.calendars_total:  # the last one ends the run
+            states.run_record_progress(run=run, calendars_done=counts.calendars_done)
 
 
 def _sync_calendar(

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from calendars.models import Calendar, Event
 from sync.engine import EventWrite, Plan, StoredEvent, normalize_href, plan_changes
+from sync.models import PendingWrite
 from sync.remote import ChangeBatch, SkippedObject
 
 # The fields a sync writes; the rest (ids, created_at) are kept when a stored event changes.
@@ -45,6 +46,7 @@ def events_apply(
     batch: ChangeBatch,
     nothing_stored: bool = False,
     fence: Callable[[], None] | None = None,
+    own_write: bool = False,
 ) -> Plan:
     """Store one batch of changes; the calendar's cursor moves only with the last batch.
 
@@ -54,6 +56,10 @@ def events_apply(
     added by this sync and this is its first batch), so there is nothing to compare with.
     `fence` is called first in that transaction and raises to write nothing (the sync's lease,
     `sync.leases.lease_fence`).
+
+    Events with a write of Caly's still on its way to the server are left as they are (that
+    write, conditional on the etag Caly knew, finds out whether the server changed them), except
+    when the batch is what that very write brought back (`own_write`).
     """
     cursor = batch.cursor
     if not (batch.objects or batch.deleted_hrefs) and (
@@ -66,6 +72,8 @@ def events_apply(
     # Read outside the writing transaction: the account's lease keeps other syncs away.
     stored = [] if nothing_stored else _events_stored(calendar, batch)
     plan = plan_changes(stored=stored, objects=batch.objects, deleted_hrefs=batch.deleted_hrefs)
+    if not own_write and (plan.writes or plan.delete_ids or plan.relocate):
+        _keep_pending(plan, calendar=calendar, stored=stored)
     with transaction.atomic():
         if fence is not None:
             fence()
@@ -90,6 +98,22 @@ def events_apply(
             calendar.last_synced_at = timezone.now()
             calendar.save(update_fields=["sync_token", "ctag", "sync_refused_at", "last_synced_at"])
     return plan
+
+
+def _keep_pending(plan: Plan, *, calendar: Calendar, stored: list[StoredEvent]) -> None:
+    """Leave out of `plan` the events with a write of Caly's pending (see `events_apply`)."""
+    pending = set(
+        PendingWrite.objects.filter(
+            calendar=calendar, state=PendingWrite.State.PENDING
+        ).values_list("uid", flat=True)
+    )
+    if not pending:
+        return
+    uid_of = {s.id: s.uid for s in stored}
+    plan.create = [w for w in plan.create if w.event.uid not in pending]
+    plan.update = [w for w in plan.update if w.event.uid not in pending]
+    plan.relocate = [(pk, w) for pk, w in plan.relocate if w.event.uid not in pending]
+    plan.delete_ids = [pk for pk in plan.delete_ids if uid_of.get(pk) not in pending]
 
 
 def _event(calendar: Calendar, write: EventWrite) -> Event:
