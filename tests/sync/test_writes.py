@@ -6,13 +6,14 @@ is on the server is read back with python-caldav, a client independent of Caly's
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import uuid
 
 import caldav
 import pytest
 
-from calendars.models import Event
+from calendars.models import Account, Calendar, Event
 from sync.models import PendingWrite
 from tests.support.api_sync import sync_and_wait
 from tests.support.caldav_servers import vevent
@@ -305,4 +306,41 @@ def test_concurrent_edits_end_with_the_last_accepted_value_on_the_server(
     assert f"SUMMARY:{last}" in on_server(radicale, name)[event["uid"]]
     assert f"SUMMARY:{last}" in writes[-1]
     assert PendingWrite.objects.filter(uid=event["uid"], state="applied").count() == 51
+    radicale.delete_calendar(name)
+
+
+def test_a_put_sent_again_after_its_worker_died_recognises_itself(api, radicale):
+    """The PUT reached the server, then the worker died before recording it: sent again, it
+    meets If-None-Match: * (412), finds its own marker in the server's copy, and is done."""
+    from sync.providers import provider_for
+    from sync.remote import OutgoingWrite
+    from sync.services import writes
+
+    name = f"cal-{uuid.uuid4().hex[:8]}"
+    radicale.make_calendar(name)
+    response = api.post(
+        "/api/accounts/",
+        {
+            "provider": "caldav",
+            "name": "Mine",
+            "url": radicale.base_url + "/",
+            "username": radicale.user,
+            "password": radicale.password,
+        },
+        format="json",
+    )
+    account = Account.objects.get(pk=response.json()["id"])
+    row = Calendar.objects.get(account=account, remote_id__endswith=f"/{name}/")
+    start = dt.datetime(2026, 3, 2, 8, tzinfo=dt.UTC)
+    values = writes.EventValues(summary="Once", start=start, end=start + dt.timedelta(hours=1))
+    writes.event_create(calendar=row, values=values)
+    pending = PendingWrite.objects.get()
+    outgoing = OutgoingWrite(
+        kind=pending.kind, href=pending.href, marker=pending.marker, body=pending.body
+    )
+    provider = provider_for(account)
+    first = provider.write(outgoing, calendar_id=row.remote_id, etag="")
+    again = provider.write(outgoing, calendar_id=row.remote_id, etag="")
+    assert again.etag == first.etag
+    assert len(on_server(radicale, name)) == 1
     radicale.delete_calendar(name)
