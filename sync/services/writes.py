@@ -106,17 +106,7 @@ def event_update(*, event: Event, changes: dict, recurrence_id: str = "") -> Eve
         if recurrence_id and recurrence_id != event.recurrence_id:
             target, key = _occurrence_row(event, recurrence_id), recurrence_id
         values = _merged(target, changes)
-        change = LocalChange(
-            kind="update",
-            calendar_id=calendar.remote_id,
-            uid=event.uid,
-            values=values,
-            marker=_marker(),
-            href=event.href,
-            raw=event.raw,
-            recurrence_id=key,
-            changed=tuple(changes),
-        )
+        change = _change(event, "update", values, recurrence_id=key, changed=tuple(changes))
         write = _encode(account, change)
         for name, value in _row_values(values).items():
             setattr(target, name, value)
@@ -142,17 +132,7 @@ def event_delete(*, event: Event, recurrence_id: str = "") -> None:
             event = Event.objects.select_for_update().get(
                 calendar=calendar, uid=event.uid, recurrence_id=""
             )
-        values = _merged(event, {})
-        change = LocalChange(
-            kind="delete",
-            calendar_id=calendar.remote_id,
-            uid=event.uid,
-            values=values,
-            marker=_marker(),
-            href=event.href,
-            raw=event.raw,
-            recurrence_id=recurrence_id,
-        )
+        change = _change(event, "delete", _merged(event, {}), recurrence_id=recurrence_id)
         if recurrence_id:
             _occurrence_row(event, recurrence_id)  # it must be one of the series
         write = _encode(account, change)
@@ -168,6 +148,23 @@ def event_delete(*, event: Event, recurrence_id: str = "") -> None:
         else:
             rows.update(deleting=True, sync_state=Event.SyncState.PENDING, sync_error="")
         _record(account, calendar, event, write, change)
+
+
+def _change(
+    event: Event, kind: str, values: EventValues, *, recurrence_id: str, changed=()
+) -> LocalChange:
+    """A change to the stored `event` (the master, for one occurrence)."""
+    return LocalChange(
+        kind=kind,
+        calendar_id=event.calendar.remote_id,
+        uid=event.uid,
+        values=values,
+        marker=_marker(),
+        href=event.href,
+        raw=event.raw,
+        recurrence_id=recurrence_id,
+        changed=changed,
+    )
 
 
 def _check_writable(calendar: Calendar) -> None:

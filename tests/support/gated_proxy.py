@@ -1,7 +1,9 @@
 """A loopback HTTP proxy in front of a CalDAV server that can hold REPORT requests at a gate.
 
 A sync lists a calendar's changes with REPORT; holding those keeps a sync in its `running` state
-for exactly as long as a test needs to look at it, then lets it finish normally.
+for exactly as long as a test needs to look at it, then lets it finish normally. It can also hold
+the *answers* to PUTs: the server has applied the write, the writer has not heard back yet (the
+moment a worker dying loses the most).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class GatedProxy:
         self._first_collection: str | None = None
         self._lock = threading.Lock()
         self.held = 0  # REPORT requests that have arrived while the gate was closed
+        self._answers = threading.Event()
+        self._answers.set()
+        self.answers_held = 0  # PUTs applied upstream whose answer waits at the gate
         self.session = requests.Session()
         proxy = self
 
@@ -61,6 +66,10 @@ class GatedProxy:
                     timeout=30,
                 )
                 content = upstream.content
+                if self.command == "PUT" and not proxy._answers.is_set():
+                    with proxy._lock:
+                        proxy.answers_held += 1
+                    proxy._answers.wait(timeout=60)
                 self.send_response(upstream.status_code)
                 for key, value in upstream.headers.items():
                     if key.lower() not in HOP_BY_HOP:
@@ -95,8 +104,16 @@ class GatedProxy:
     def open_gate(self) -> None:
         self._open.set()
 
+    def hold_put_answers(self) -> None:
+        """Forward PUTs, but keep their answers until `release_put_answers`."""
+        self._answers.clear()
+
+    def release_put_answers(self) -> None:
+        self._answers.set()
+
     def stop(self) -> None:
         self.open_gate()
+        self.release_put_answers()
         self.server.shutdown()
         self.server.server_close()
         self.session.close()

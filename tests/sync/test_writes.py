@@ -7,6 +7,7 @@ is on the server is read back with python-caldav, a client independent of Caly's
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import threading
 import uuid
 
@@ -17,6 +18,7 @@ from calendars.models import Account, Calendar, Event
 from sync.models import PendingWrite
 from tests.support.api_sync import sync_and_wait
 from tests.support.caldav_servers import vevent
+from tests.support.gated_proxy import GatedProxy
 from tests.support.polling import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
@@ -344,3 +346,46 @@ def test_a_put_sent_again_after_its_worker_died_recognises_itself(api, radicale)
     assert again.etag == first.etag
     assert len(on_server(radicale, name)) == 1
     radicale.delete_calendar(name)
+
+
+def test_kill_9_mid_write_leaves_exactly_one_event_on_the_server(lab, api, radicale):
+    """The worker dies after Radicale applied its PUT and before it heard back: the message is
+    delivered again to another worker, whose PUT (If-None-Match: *) finds the object there with
+    its own marker. One event on the server, one row, the write applied once."""
+    lab.configure(CALY_LEASE_SECONDS=2)
+    proxy = GatedProxy(radicale.base_url)
+    name = f"cal-{uuid.uuid4().hex[:8]}"
+    radicale.make_calendar(name)
+    victim = lab.start_worker(threads=2)
+    try:
+        response = api.post(
+            "/api/accounts/",
+            {
+                "provider": "caldav",
+                "name": "Mine",
+                "url": proxy.url + "/",
+                "username": radicale.user,
+                "password": radicale.password,
+            },
+            format="json",
+        )
+        account = response.json()
+        calendar = Calendar.objects.get(account_id=account["id"], remote_id__endswith=f"/{name}/")
+        proxy.hold_put_answers()
+        created = api.post("/api/events/", {"calendar": calendar.pk, **EVENT}, format="json")
+        assert created.status_code == 202
+        wait_for(lambda: proxy.answers_held, timeout=30, what="the PUT to reach Radicale")
+        assert len(on_server(radicale, name)) == 1  # applied; the worker has not heard back
+
+        victim.process.send_signal(signal.SIGKILL)
+        victim.process.wait(timeout=10)
+        proxy.release_put_answers()
+        lab.start_worker(threads=2)
+        settled(api, created.json()["id"])
+        assert len(on_server(radicale, name)) == 1
+        assert Event.objects.filter(calendar=calendar).count() == 1
+        write = PendingWrite.objects.get()
+        assert write.state == PendingWrite.State.APPLIED
+    finally:
+        proxy.stop()
+        radicale.delete_calendar(name)
