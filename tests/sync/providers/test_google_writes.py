@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from django.utils import timezone
 
 from calendars.models import Account, Calendar, Event
 from sync import services
@@ -19,6 +20,7 @@ from sync.remote import OutgoingWrite
 from sync.services import writes
 from tests.factories import make_user
 from tests.support.fake_google import SCOPE_READONLY
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -152,3 +154,32 @@ def test_a_read_only_calendar_refuses_and_a_read_only_grant_asks_to_reconnect(go
     assert account.status == Account.Status.NEEDS_REAUTH
     assert "read-only" in account.last_error
     assert PendingWrite.objects.get().state == PendingWrite.State.PENDING  # kept for later
+
+
+def test_a_transient_error_retries_the_write_and_it_goes_first_next_time(
+    google, connected, settings
+):
+    person, account, calendar = connected
+    first = writes.event_create(calendar=calendar, values=writes.EventValues(**VALUES))
+    second = writes.event_create(
+        calendar=calendar, values=writes.EventValues(**{**VALUES, "summary": "Second"})
+    )
+    google.inject(person, status=503, method="calendar.events.insert", times=3)
+    run = services.sync_request_account(
+        account=account, trigger=SyncRun.Trigger.WRITE, publish=False, writes_only=True
+    )
+    services.sync_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.state == SyncRun.State.QUEUED and "503" in run.error  # back in the queue
+    assert PendingWrite.objects.filter(state=PendingWrite.State.PENDING).count() == 2
+
+    # What the delayed message does when it comes back (here, in this process).
+    wait_for(lambda: SyncRun.objects.get(pk=run.pk).retry_at <= timezone.now(), timeout=30)
+    services.sync_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.state == SyncRun.State.SUCCEEDED, run.error
+    inserted = [r.body["summary"] for r in google.api_requests(person, "calendar.events.insert")]
+    assert inserted[-2:] == ["Dentist", "Second"]  # in the order accepted
+    for event in (first, second):
+        event.refresh_from_db()
+        assert event.sync_state == Event.SyncState.SYNCED
