@@ -4,16 +4,23 @@ import base64
 import binascii
 import json
 
+from django.conf import settings
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
-from rest_framework import mixins, serializers, viewsets
-from rest_framework.exceptions import ValidationError
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.throttling import UserRateThrottle
 from rest_framework.utils.urls import replace_query_param
+from rest_framework.views import APIView
 
 from calendars import selectors
 from calendars.models import Calendar, Event
@@ -231,3 +238,103 @@ class EventViewSet(viewsets.ReadOnlyModelViewSet):
             cursor = encode_cursor(selectors.occurrence_key(page[-1]))
             next_url = replace_query_param(request.build_absolute_uri(), "cursor", cursor)
         return Response({"next": next_url, "results": self.get_serializer(page, many=True).data})
+
+
+# --- the change feed ------------------------------------------------------------------------
+class CursorGone(APIException):
+    status_code = status.HTTP_410_GONE
+    default_code = "cursor_expired"
+
+
+def encode_feed_cursor(cursor: selectors.FeedCursor) -> str:
+    text = json.dumps(
+        [
+            cursor.snapshot,
+            cursor.txid,
+            cursor.change,
+            cursor.read_up_to.isoformat(),
+            cursor.after_event,
+        ]
+    )
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def feed_cursor_param(request) -> selectors.FeedCursor | None:
+    value = request.query_params.get("cursor")
+    if value in (None, ""):
+        return None
+    try:
+        snapshot, txid, change, read_up_to, after = json.loads(
+            base64.urlsafe_b64decode(value.encode())
+        )
+        read_up_to = parse_datetime(read_up_to)
+        if read_up_to is None or not all(type(n) is int for n in (txid, change, after)):
+            raise ValueError
+        return selectors.FeedCursor(
+            snapshot=bool(snapshot),
+            txid=txid,
+            change=change,
+            read_up_to=read_up_to,
+            after_event=after,
+        )
+    except (ValueError, TypeError, binascii.Error):
+        raise ValidationError(
+            {"cursor": ["Not a cursor this feed gave out; start again without one."]}
+        ) from None
+
+
+class ChangeFeedView(APIView):
+    """`GET /api/changes/?cursor=…&limit=…`: the user's event upserts and deletions, oldest
+    first. Without a cursor: every current event as an upsert (paged), then what changed since.
+    A cursor older than CALY_CHANGES_RETENTION_DAYS is a 410: start again without one."""
+
+    MAX_LIMIT = 1000
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("cursor", OpenApiTypes.STR),
+            OpenApiParameter("limit", OpenApiTypes.INT),
+        ],
+        responses={
+            200: inline_serializer(
+                "ChangeFeed",
+                {
+                    "changes": serializers.ListField(child=serializers.DictField()),
+                    "cursor": serializers.CharField(),
+                    "more": serializers.BooleanField(),
+                },
+            )
+        },
+    )
+    def get(self, request):
+        limit = int_param(request, "limit") or 100
+        if not 1 <= limit <= self.MAX_LIMIT:
+            raise ValidationError({"limit": [f"Between 1 and {self.MAX_LIMIT}."]})
+        try:
+            page = selectors.changes_for_user(
+                user=request.user, cursor=feed_cursor_param(request), limit=limit
+            )
+        except selectors.CursorExpired:
+            raise CursorGone(
+                f"This cursor is older than the kept history "
+                f"({settings.CALY_CHANGES_RETENTION_DAYS} days); start again without one."
+            ) from None
+        changes = []
+        for kind, item in page.changes:
+            if kind == "upsert":
+                changes.append({"type": "upsert", "event": EventSerializer(item).data})
+            else:
+                changes.append(
+                    {
+                        "type": "delete",
+                        "event": {
+                            "id": item.event_id,
+                            "calendar": item.calendar_id,
+                            "uid": item.uid,
+                            "recurrence_id": item.recurrence_id or None,
+                        },
+                    }
+                )
+        return Response(
+            {"changes": changes, "cursor": encode_feed_cursor(page.cursor), "more": page.more}
+        )

@@ -129,3 +129,39 @@ class Event(models.Model):
 
     def __str__(self):
         return self.summary or self.uid
+
+
+class EventChange(models.Model):
+    """One change of a stored event, for the change feed (`GET /api/changes/`).
+
+    Written by the database itself (triggers on calendars_event, migration 0005), so no code
+    path that stores events can forget it: every insert and update is an upsert, every
+    deletion (and an event being deleted through Caly) a delete, kept as a tombstone for
+    CALY_CHANGES_RETENTION_DAYS. `txid` is the writing transaction's id: the feed hands out
+    only changes of transactions older than every one still running (`calendars.selectors.
+    changes_for_user`), so a change that commits after a reader took its cursor is never skipped.
+    """
+
+    class Kind(models.TextChoices):
+        UPSERT = "upsert", "Upsert"
+        DELETE = "delete", "Delete"
+
+    id = models.BigAutoField(primary_key=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    account_id = models.BigIntegerField()
+    calendar_id = models.BigIntegerField()
+    event_id = models.BigIntegerField()
+    uid = models.CharField(max_length=1000)
+    recurrence_id = models.CharField(max_length=64, blank=True)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    txid = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["owner", "txid", "id"]),
+            models.Index(fields=["created_at"]),
+        ]
+
+    def __str__(self):
+        return f"{self.kind} of event {self.event_id}"

@@ -221,6 +221,8 @@ CALY_HTTP_MAX_STREAMED_BYTES = env.int("CALY_HTTP_MAX_STREAMED_BYTES", default=2
 CALY_WORKER_PROCESSES = env.int("CALY_WORKER_PROCESSES", default=2)
 CALY_WORKER_THREADS = env.int("CALY_WORKER_THREADS", default=8)
 CALY_RESYNC_MINUTES = env.int("CALY_RESYNC_MINUTES", default=15)
+# How long the change feed keeps changes (deletions included); an older cursor is a 410.
+CALY_CHANGES_RETENTION_DAYS = env.int("CALY_CHANGES_RETENTION_DAYS", default=30)
 # A running sync holds a per-account lease; it is renewed every third of this and lapses if
 # the worker dies, so another worker can take over.
 CALY_LEASE_SECONDS = env.int("CALY_LEASE_SECONDS", default=60)

@@ -3,7 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from calendars.api import CalendarViewSet
+from calendars.api import CalendarViewSet, ChangeFeedView
 from sync.api import AccountViewSet, SyncViewSet
 from sync.events_api import EventViewSet
 
@@ -17,6 +17,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/changes/", ChangeFeedView.as_view(), name="changes"),
     path("api/", include(router.urls)),
     path("", include("sync.urls")),
 ]

@@ -40,3 +40,9 @@ def resync_stale(limit: int | None = None) -> dict:
     """
     runs = services.sync_request_stale(limit=limit)
     return {"queued_runs": [run.pk for run in runs]}
+
+
+@shared_task(name="sync.prune_event_changes", ignore_result=True)
+def prune_event_changes() -> int:
+    """Periodic (celery beat): the change feed forgets what is older than its retention."""
+    return services.event_changes_prune()

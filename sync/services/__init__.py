@@ -17,7 +17,7 @@ from sync.services.requests import (
     sync_request_stale,
 )
 from sync.services.runs import RunResult, sync_run_execute
-from sync.services.store import events_apply
+from sync.services.store import event_changes_prune, events_apply
 
 __all__ = [
     "AccountNotSyncable",
@@ -26,6 +26,7 @@ __all__ = [
     "account_connect",
     "account_update",
     "calendars_reconcile",
+    "event_changes_prune",
     "events_apply",
     "resync_batch_size",
     "sync_publish",

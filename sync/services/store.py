@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.db.models.functions import MD5
 from django.utils import timezone
 
-from calendars.models import Calendar, Event
+from calendars.models import Calendar, Event, EventChange
 from sync.engine import EventWrite, Plan, StoredEvent, normalize_href, plan_changes
 from sync.models import PendingWrite
 from sync.remote import ChangeBatch, SkippedObject
@@ -174,3 +176,11 @@ def _skip_oversized(batch: ChangeBatch) -> None:
         else:
             kept.append(obj)
     batch.objects = kept
+
+
+def event_changes_prune() -> int:
+    """Forget changes (tombstones included) older than CALY_CHANGES_RETENTION_DAYS; a feed
+    cursor from before then is answered 410 (`calendars.selectors.changes_for_user`)."""
+    horizon = timezone.now() - dt.timedelta(days=settings.CALY_CHANGES_RETENTION_DAYS)
+    deleted, _ = EventChange.objects.filter(created_at__lt=horizon).delete()
+    return deleted

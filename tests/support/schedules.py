@@ -9,7 +9,11 @@ import importlib
 import pytest
 from django.apps import apps
 
-MIGRATIONS = ("sync.migrations.0003_periodic_resync", "sync.migrations.0007_reaper_schedule")
+MIGRATIONS = (
+    "sync.migrations.0003_periodic_resync",
+    "sync.migrations.0007_reaper_schedule",
+    "sync.migrations.0010_prune_event_changes_schedule",
+)
 
 
 @pytest.fixture
