@@ -1,4 +1,5 @@
-"""The user dashboard: server-rendered; its live parts poll the JSON API (/api/sync/, /api/accounts/)."""
+"""The user dashboard: server-rendered; its live parts poll the JSON API (/api/sync/,
+/api/accounts/, /api/calendars/, /api/events/) and write events through it."""
 
 import datetime as dt
 
@@ -10,7 +11,7 @@ from django.utils import timezone
 from django.utils.timesince import timeuntil
 
 from calendars.models import Account
-from calendars.selectors import calendars_missing_for_user
+from calendars.selectors import calendars_for_user, calendars_missing_for_user
 from sync import selectors
 from sync.models import SyncRun
 from sync.oauth import google_oauth_enabled
@@ -65,6 +66,18 @@ def dashboard(request):
         "terminalStates": list(SyncRun.TERMINAL_STATES),
         "statusLabels": dict(Account.Status.choices),
         "triggerLabels": dict(SyncRun.Trigger.choices),
+        # As /api/calendars/ lists them: "This week" names each event's calendar, and offers
+        # the writable, selected ones for a new event; the script refreshes them after a sync.
+        "calendars": [
+            {
+                "id": c.pk,
+                "name": c.name,
+                "url": c.remote_id,
+                "writable": c.writable,
+                "selected": c.selected,
+            }
+            for c in calendars_for_user(user=request.user).order_by("name", "id")
+        ],
     }
     return render(
         request,

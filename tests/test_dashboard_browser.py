@@ -3,22 +3,29 @@ a live server, a real Celery worker and a real Radicale.
 
 A person signs in, presses "Sync now" and watches the run go queued → running → succeeded and
 its event count appear, without reloading. A proxy in front of Radicale holds the sync's REPORT
-requests so the `running` state lasts until the test has seen it.
+requests so the `running` state lasts until the test has seen it. In "This week" they create,
+edit and delete an event, and each change reaches Radicale; the proxy holds the answer to the
+create's PUT so the event's `pending` state lasts until the test has seen it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shutil
 import tempfile
 import uuid
+import zoneinfo
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from calendars.models import Account
+from calendars.models import Account, Calendar, Event
 from sync import services
 from sync.models import SyncRun
 from tests.factories import make_user
@@ -234,3 +241,150 @@ def test_reconnecting_an_account_from_the_dashboard(browser, live_server, radica
         timeout=30,
         what="the page to show it",
     )
+
+
+@pytest.fixture
+def week_calendar(radicale):
+    """A user with one empty Radicale calendar, reached through a proxy that can hold answers."""
+    name = f"week-{uuid.uuid4().hex[:8]}"
+    radicale.make_calendar(name, display_name="Plans")
+    proxy = GatedProxy(radicale.base_url)
+    account = services.account_connect(
+        owner=make_user("ivy"),
+        provider="caldav",
+        name="Plans server",
+        url=proxy.url + "/",
+        username=radicale.user,
+        credentials={"password": "secret-password"},
+    )
+    calendar = Calendar.objects.get(account=account, remote_id__endswith=f"/{name}/")
+    yield proxy, calendar, name
+    proxy.stop()
+    radicale.delete_calendar(name)
+
+
+def week_row(browser, summary: str):
+    """The row of "This week" showing `summary` (one lookup: the list is re-rendered as it polls)."""
+    rows = browser.find_elements(
+        By.XPATH,
+        f'//table[@id="week"]//tr[contains(@class, "week-event")][.//*[@class="summary"]="{summary}"]',
+    )
+    return rows[0] if rows else None
+
+
+def week_state(browser, summary: str) -> str | None:
+    try:
+        row = week_row(browser, summary)
+        return row.get_attribute("data-state") if row else None
+    except StaleElementReferenceException:  # re-rendered meanwhile: ask again
+        return None
+
+
+def set_value(browser, field, value: str) -> None:
+    """What a person picks in a datetime-local input (typing one depends on the locale)."""
+    browser.execute_script("arguments[0].value = arguments[1]", field, value)
+
+
+def test_this_week_creates_edits_and_deletes_an_event_on_the_server(
+    browser, live_server, radicale, week_calendar, worker
+):
+    proxy, calendar, name = week_calendar
+    on_server = lambda: radicale.session.get(radicale.calendar_url(name)).text  # noqa: E731
+    tokyo = zoneinfo.ZoneInfo("Asia/Tokyo")
+    day = (dt.datetime.now(tokyo) + dt.timedelta(days=1)).date().isoformat()
+    # The browser is in Tokyo: its wall times go to the API with Tokyo's offset.
+    browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": "Asia/Tokyo"})
+    try:
+        browser.delete_all_cookies()
+        sign_in(browser, live_server, "ivy")
+        assert "Asia/Tokyo (UTC+09:00)" in cell(browser, "#week-note")
+        wait_for(
+            lambda: "Nothing in the next 7 days." in cell(browser, "#week"),
+            timeout=10,
+            what="the empty week",
+        )
+        form = browser.find_element(By.ID, "new-event")
+        assert Select(form.find_element(By.NAME, "calendar")).first_selected_option.text == "Plans"
+
+        # The API's 400 is shown next to the form, naming the field.
+        form.find_element(By.NAME, "summary").send_keys("Dentist")
+        set_value(browser, form.find_element(By.NAME, "start"), f"{day}T10:00")
+        set_value(browser, form.find_element(By.NAME, "end"), f"{day}T09:00")
+        form.find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
+        wait_for(
+            lambda: cell(browser, "#new-event .form-errors") == "End: Must be after start.",
+            timeout=10,
+            what="the error naming the end",
+        )
+        assert not Event.objects.filter(calendar=calendar).exists()
+
+        proxy.hold_put_answers()
+        set_value(browser, form.find_element(By.NAME, "end"), f"{day}T11:30")
+        form.find_element(By.NAME, "location").send_keys("Ginza")
+        form.find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
+        row = wait_for(lambda: week_row(browser, "Dentist"), timeout=10, what="the new event")
+        assert row.find_element(By.CSS_SELECTOR, ".sync").text == "pending…"
+        assert row.find_element(By.CSS_SELECTOR, ".calendar").text == "Plans"
+        assert "10:00" in row.find_element(By.CSS_SELECTOR, ".when").text
+        assert not form.find_element(By.CSS_SELECTOR, ".form-errors").is_displayed()
+        wait_for(lambda: proxy.answers_held, timeout=30, what="the worker's PUT")
+        proxy.release_put_answers()
+        wait_for(
+            lambda: week_state(browser, "Dentist") == "synced",
+            timeout=30,
+            what="the event to show synced",
+        )
+        row = week_row(browser, "Dentist")
+        assert row.get_attribute("data-states") == "pending synced"
+        assert row.find_element(By.CSS_SELECTOR, ".sync").text == ""
+        event = Event.objects.get(calendar=calendar)
+        start = dt.datetime.fromisoformat(f"{day}T10:00").replace(tzinfo=tokyo)
+        assert event.start == start and event.end == start + dt.timedelta(minutes=90)
+        text = on_server()
+        assert f"UID:{event.uid}" in text and "SUMMARY:Dentist" in text
+        # Written in the browser's zone, with its VTIMEZONE.
+        assert f"DTSTART;TZID=Asia/Tokyo:{start:%Y%m%dT%H%M%S}" in text
+        assert "TZID:Asia/Tokyo" in text and event.timezone == "Asia/Tokyo"
+        assert "LOCATION:Ginza" in text
+
+        row.find_element(By.CSS_SELECTOR, ".edit").click()
+        edit = browser.find_element(By.CSS_SELECTOR, "#week form.edit-event")
+        assert edit.find_element(By.NAME, "start").get_attribute("value") == f"{day}T10:00"
+        summary = edit.find_element(By.NAME, "summary")
+        summary.clear()
+        summary.send_keys("Dentist (moved)")
+        edit.find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
+        wait_for(
+            lambda: "SUMMARY:Dentist (moved)" in on_server(),
+            timeout=30,
+            what="the edit on the server",
+        )
+        wait_for(
+            lambda: week_state(browser, "Dentist (moved)") == "synced",
+            timeout=30,
+            what="the edited event to show synced",
+        )
+        assert not browser.find_elements(By.CSS_SELECTOR, "#week form.edit-event")
+        assert "10:00" in cell(browser, f'#week tr[data-event="{event.pk}"] .when')
+        assert "LOCATION:Ginza" in on_server()
+
+        week_row(browser, "Dentist (moved)").find_element(By.CSS_SELECTOR, ".delete").click()
+        alert = WebDriverWait(browser, 10).until(expected_conditions.alert_is_present())
+        assert "Dentist (moved)" in alert.text
+        alert.accept()
+        wait_for(
+            lambda: week_row(browser, "Dentist (moved)") is None,
+            timeout=10,
+            what="the event to leave the list",
+        )
+        wait_for(lambda: event.uid not in on_server(), timeout=30, what="the delete on the server")
+        wait_for(
+            lambda: not Event.objects.filter(pk=event.pk).exists(),
+            timeout=10,
+            what="the row to go",
+        )
+        assert "Nothing in the next 7 days." in cell(browser, "#week")
+        assert not browser.find_element(By.ID, "week-message").is_displayed()
+    finally:
+        proxy.release_put_answers()
+        browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": ""})
