@@ -20,7 +20,10 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers, status
 from rest_framework.exceptions import ValidationError
+from rest_framework.permissions import SAFE_METHODS
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
+from rest_framework.throttling import ScopedRateThrottle
 
 from calendars import api as calendars_api
 from calendars import selectors as calendar_selectors
@@ -106,15 +109,33 @@ class EventWriteSerializer(serializers.Serializer):
     def validate(self, attrs):
         attrs = dict(attrs)
         all_day = attrs.get("all_day")
+        # Dates given on a PATCH without all_day: the view checks them against the event.
+        self.dates_given = []
         for name in ("start", "end"):
             value = attrs.get(name)
             if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
                 if all_day is False or (all_day is None and not self.partial):
                     raise ValidationError({name: ["A date is for all-day events: set all_day."]})
+                if all_day is None:
+                    self.dates_given.append(name)
                 attrs[name] = dt.datetime(value.year, value.month, value.day, tzinfo=UTC)
         if attrs.get("start") and attrs.get("end") and attrs["end"] <= attrs["start"]:
             raise ValidationError({"end": ["Must be after start."]})
         return attrs
+
+
+class EventWriteThrottle(ScopedRateThrottle):
+    """Per-user limit on creating, changing and deleting events (scope `event_write`)."""
+
+    scope_attr = "write_throttle_scope"
+
+    def allow_request(self, request, view):
+        if request.method in SAFE_METHODS:
+            return True
+        return super().allow_request(request, view)
+
+    def get_rate(self):
+        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
 
 
 def _idempotency_key(request) -> str:
@@ -159,11 +180,12 @@ def _refused(exc: writes.WriteRefused) -> ValidationError:
 class EventViewSet(calendars_api.EventViewSet):
     """Events: read them (`calendars.api`), and create, change and delete them."""
 
+    write_throttle_scope = "event_write"
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
-    throttle_scope = "event_write"
+    throttle_classes = [*calendars_api.EventViewSet.throttle_classes, EventWriteThrottle]
 
     def get_queryset(self):
-        if self.action == "list":
+        if self.action != "retrieve":
             return super().get_queryset()
         # One being deleted is still shown (pending) until the server has deleted it.
         return calendar_selectors.events_for_user(user=self.request.user, with_deleting=True)
@@ -189,6 +211,10 @@ class EventViewSet(calendars_api.EventViewSet):
         incoming.is_valid(raise_exception=True)
         changes = dict(incoming.validated_data)
         recurrence_id = changes.pop("recurrence_id", "")
+        all_day = changes.get("all_day", event.all_day)
+        for name in incoming.dates_given:
+            if not all_day:
+                raise ValidationError({name: ["A date is for all-day events: set all_day."]})
         calendar = changes.pop("calendar", None)
         if calendar is not None and calendar.pk != event.calendar_id:
             raise ValidationError({"calendar": ["An event cannot move to another calendar."]})

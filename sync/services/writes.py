@@ -127,7 +127,8 @@ def event_delete(*, event: Event, recurrence_id: str = "") -> None:
     with transaction.atomic():
         account = _lock_account(calendar)
         event = _current(event)
-        if event.recurrence_id and not recurrence_id:  # an override row: cancel its occurrence
+        if event.recurrence_id and recurrence_id in ("", event.recurrence_id):
+            # An override row: cancel its occurrence of the series.
             recurrence_id = event.recurrence_id
             event = Event.objects.select_for_update().get(
                 calendar=calendar, uid=event.uid, recurrence_id=""
