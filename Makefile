@@ -42,7 +42,7 @@ up: install
 	$(BIN)/python manage.py preflight
 	$(BIN)/python manage.py migrate --no-input
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/honcho start --no-prefix -f Procfile -p $(PORT) \
-	  -c web=1,worker=$(CALY_WORKER_PROCESSES),beat=1
+	  -c web=1,worker=$(CALY_WORKER_PROCESSES),webhooks=1,beat=1
 
 # Everything `make up` does, plus a local Radicale with sample calendars, a demo user and
 # account and a first sync (sync/management/commands/demo.py); it prints where to log in.
@@ -55,7 +55,7 @@ demo: install-dev
 	mkdir -p .demo
 	{ cat Procfile; echo "demo: python manage.py demo --web-url http://127.0.0.1:$(PORT)/ --radicale-port $(DEMO_RADICALE_PORT)"; } > .demo/Procfile
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/honcho start --no-prefix -f .demo/Procfile -d . \
-	  -p $(PORT) -c web=1,worker=$(CALY_WORKER_PROCESSES),beat=1,demo=1
+	  -p $(PORT) -c web=1,worker=$(CALY_WORKER_PROCESSES),webhooks=1,beat=1,demo=1
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -190,10 +190,15 @@ CACHES = {
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Caly API",
-    "DESCRIPTION": "Connect calendar accounts, request syncs and read the synced calendars.",
+    "DESCRIPTION": (
+        "Connect calendar accounts, request syncs, read and write the synced calendars, follow "
+        "their changes (webhooks, change feed)."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Webhook event types: one name whether a webhook or a delivery shows them.
+    "ENUM_NAME_OVERRIDES": {"WebhookEventType": "sync.models.Webhook.Type"},
 }
 
 # --- Caly -----------------------------------------------------------------------------------
@@ -221,6 +226,12 @@ CALY_HTTP_MAX_STREAMED_BYTES = env.int("CALY_HTTP_MAX_STREAMED_BYTES", default=2
 CALY_WORKER_PROCESSES = env.int("CALY_WORKER_PROCESSES", default=2)
 CALY_WORKER_THREADS = env.int("CALY_WORKER_THREADS", default=8)
 CALY_RESYNC_MINUTES = env.int("CALY_RESYNC_MINUTES", default=15)
+# Webhook deliveries: a receiver's answer is awaited this long; a failed delivery is tried
+# again after about CALY_WEBHOOK_RETRY_BASE_SECONDS, doubling, for CALY_WEBHOOK_RETRY_HOURS; a
+# webhook whose deliveries all failed for that long is deactivated.
+CALY_WEBHOOK_TIMEOUT_SECONDS = env.float("CALY_WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+CALY_WEBHOOK_RETRY_BASE_SECONDS = env.float("CALY_WEBHOOK_RETRY_BASE_SECONDS", default=30.0)
+CALY_WEBHOOK_RETRY_HOURS = env.float("CALY_WEBHOOK_RETRY_HOURS", default=24.0)
 # How long the change feed keeps changes (deletions included); an older cursor is a 410.
 CALY_CHANGES_RETENTION_DAYS = env.int("CALY_CHANGES_RETENTION_DAYS", default=30)
 # A running sync holds a per-account lease; it is renewed every third of this and lapses if
@@ -276,6 +287,7 @@ CALY_GOOGLE_MAX_WAIT_SECONDS = env.float("CALY_GOOGLE_MAX_WAIT_SECONDS", default
 CALY_QUEUE_PREFIX = env.str("CALY_QUEUE_PREFIX", default="caly")
 CALY_SYNC_QUEUE = f"{CALY_QUEUE_PREFIX}.sync"
 CALY_MAINTENANCE_QUEUE = f"{CALY_QUEUE_PREFIX}.maintenance"
+CALY_WEBHOOK_QUEUE = f"{CALY_QUEUE_PREFIX}.webhooks"
 # Classic queues put a requeued message back at its original position, which keeps the
 # start-order promise; quorum queues (replicated, for a RabbitMQ cluster) return it to the back
 # unless a delivery-limit is set, so they are opt-in.
@@ -333,10 +345,15 @@ CELERY_TIMEZONE = "UTC"
 CELERY_WORKER_SEND_TASK_EVENTS = False
 # Everything but syncs (beat's ticks, the reaper, cleanup) goes here: never behind a sync backlog.
 CELERY_TASK_DEFAULT_QUEUE = CALY_MAINTENANCE_QUEUE
-# Durable queues, declared the same way by workers and publishers (caly/queues.py).
+# Durable queues, declared the same way by workers and publishers (caly/queues.py). The sync
+# workers of the Procfile leave the webhooks queue (-X) to workers of its own, so that a slow
+# receiver never holds a sync slot.
 CELERY_TASK_QUEUES = [
     durable_queue(name, queue_type=CALY_QUEUE_TYPE)
-    for name in (CALY_SYNC_QUEUE, CALY_MAINTENANCE_QUEUE)
+    for name in (CALY_SYNC_QUEUE, CALY_MAINTENANCE_QUEUE, CALY_WEBHOOK_QUEUE)
 ]
 # Syncs have their queue to themselves.
-CELERY_TASK_ROUTES = {"sync.run_sync": {"queue": CALY_SYNC_QUEUE, "routing_key": CALY_SYNC_QUEUE}}
+CELERY_TASK_ROUTES = {
+    "sync.run_sync": {"queue": CALY_SYNC_QUEUE, "routing_key": CALY_SYNC_QUEUE},
+    "sync.deliver_webhook": {"queue": CALY_WEBHOOK_QUEUE, "routing_key": CALY_WEBHOOK_QUEUE},
+}

@@ -6,12 +6,14 @@ from rest_framework.routers import DefaultRouter
 from calendars.api import CalendarViewSet, ChangeFeedView
 from sync.api import AccountViewSet, SyncViewSet
 from sync.events_api import EventViewSet
+from sync.webhooks_api import WebhookViewSet
 
 router = DefaultRouter()
 router.register("accounts", AccountViewSet, basename="account")
 router.register("calendars", CalendarViewSet, basename="calendar")
 router.register("events", EventViewSet, basename="event")
 router.register("sync", SyncViewSet, basename="sync")
+router.register("webhooks", WebhookViewSet, basename="webhook")
 
 urlpatterns = [
     path("admin/", admin.site.urls),

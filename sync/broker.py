@@ -23,6 +23,7 @@ from sync.backoff import backoff
 # The task a run's message calls, by its registered name (sync/tasks.py): publishing needs
 # only the name, so this module does not import the tasks, which import the services.
 RUN_SYNC = "sync.run_sync"
+DELIVER_WEBHOOK = "sync.deliver_webhook"
 
 # A delay queue outlives its last message by this long, then RabbitMQ deletes it.
 DELAY_QUEUE_IDLE_SECONDS = 60
@@ -33,10 +34,15 @@ def sync_queue() -> Queue:
     return durable_queue(settings.CALY_SYNC_QUEUE, queue_type=settings.CALY_QUEUE_TYPE)
 
 
-def delay_queue(seconds: int) -> Queue:
-    """A queue that hands each message back to the sync queue after `seconds`."""
+def webhook_queue() -> Queue:
+    """The durable queue of webhook deliveries, consumed by workers of its own (Procfile)."""
+    return durable_queue(settings.CALY_WEBHOOK_QUEUE, queue_type=settings.CALY_QUEUE_TYPE)
+
+
+def delay_queue(seconds: int, target: Queue | None = None) -> Queue:
+    """A queue that hands each message back to `target` (the sync queue) after `seconds`."""
     seconds = max(int(seconds), 1)
-    target = sync_queue()
+    target = target or sync_queue()
     return Queue(
         f"{target.name}.delay.{seconds}",
         Exchange("", type="direct"),
@@ -74,11 +80,20 @@ def publish_run(*, run_id: int, task_id: str, delay: int = 0) -> None:
     (publisher confirms and the retry policy are the app's settings, CELERY_TASK_PUBLISH_*),
     and kombu's OperationalError if the queue's node is down.
     """
-    queue = delay_queue(delay) if delay > 0 else sync_queue()
+    _publish(RUN_SYNC, run_id, task_id=task_id, target=sync_queue(), delay=delay)
+
+
+def publish_delivery(*, delivery_id: str, delay: int = 0) -> None:
+    """Publish a webhook delivery's id to the webhooks queue (or a delay queue in front of it)."""
+    _publish(DELIVER_WEBHOOK, delivery_id, task_id=None, target=webhook_queue(), delay=delay)
+
+
+def _publish(task: str, argument, *, task_id: str | None, target: Queue, delay: int) -> None:
+    queue = delay_queue(delay, target) if delay > 0 else target
     try:
         app.send_task(
-            RUN_SYNC,
-            args=[run_id],
+            task,
+            args=[argument],
             task_id=task_id,
             queue=queue,
             exchange=queue.exchange,

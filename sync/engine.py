@@ -54,6 +54,9 @@ class Plan:
     # Same source under a new etag (or href): only where it lives is rewritten, not the event.
     relocate: list[tuple[int, EventWrite]] = field(default_factory=list)
     unchanged: int = 0
+    # Set once stored: the ids of the events created and updated.
+    created_ids: list[int] = field(default_factory=list)
+    updated_ids: list[int] = field(default_factory=list)
 
     @property
     def writes(self) -> list[EventWrite]:

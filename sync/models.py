@@ -1,13 +1,16 @@
 """Sync runs (one request to sync one account) and the per-account lease that serialises them."""
 
 import json
+import uuid
 
 from celery import states
+from django.conf import settings
 from django.db import connections, models, router
 from django.utils import timezone
 from django_celery_results.managers import TaskResultManager
 from django_celery_results.models import TaskResult
 
+from calendars.crypto import EncryptedJSONField
 from calendars.models import Account, Calendar, Event
 from caly.scrub import scrub
 from sync import sql
@@ -133,6 +136,75 @@ class PendingWrite(models.Model):
 
     def __str__(self):
         return f"{self.get_kind_display()} {self.uid} ({self.state})"
+
+
+class Webhook(models.Model):
+    """An app's address for learning of changes (`POST /api/webhooks/`)."""
+
+    class Type(models.TextChoices):
+        EVENTS_CHANGED = "events.changed", "Events changed"
+        SYNC_FAILED = "sync.failed", "Sync failed"
+        ACCOUNT_NEEDS_REAUTH = "account.needs_reauth", "Account needs reconnecting"
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhooks"
+    )
+    url = models.URLField(max_length=2000)
+    events = models.JSONField(default=list)  # of Type values
+    # {"secret": ...}: signs every delivery; shown once, encrypted at rest.
+    secret = EncryptedJSONField(default=dict, editable=False)
+    active = models.BooleanField(default=True)
+    # Since when every delivery has failed; a day of that deactivates the webhook.
+    failing_since = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self):
+        return self.url
+
+
+class WebhookDelivery(models.Model):
+    """One notification to one webhook, recorded in the transaction that made the change and
+    sent (again, until a 2xx or a day has passed) from the webhooks queue."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    type = models.CharField(max_length=32, choices=Webhook.Type.choices)
+    data = models.JSONField(default=dict)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["webhook", "created_at"])]
+
+    def __str__(self):
+        return f"{self.type} to {self.webhook_id} ({self.state})"
+
+
+class WebhookAttempt(models.Model):
+    """One POST of a delivery: when, what the receiver answered (or why there was no answer)."""
+
+    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="tries")
+    at = models.DateTimeField(default=timezone.now)
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self):
+        return f"attempt at {self.at:%Y-%m-%d %H:%M:%S}: {self.status_code or self.error[:40]}"
 
 
 class SyncLease(models.Model):

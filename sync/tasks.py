@@ -46,3 +46,9 @@ def resync_stale(limit: int | None = None) -> dict:
 def prune_event_changes() -> int:
     """Periodic (celery beat): the change feed forgets what is older than its retention."""
     return services.event_changes_prune()
+
+
+@shared_task(name="sync.deliver_webhook", acks_late=True, ignore_result=True)
+def deliver_webhook(delivery_id: str) -> str:
+    """POST one webhook delivery (from the webhooks queue); a failure schedules its retry."""
+    return services.delivery_send(delivery_id=delivery_id)

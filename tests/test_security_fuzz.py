@@ -33,8 +33,8 @@ from tests.factories import make_account, make_calendar, make_event, make_user
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
-EXAMPLES = int(os.environ.get("CALY_FUZZ_EXAMPLES", "25"))
-BUDGET_SECONDS = float(os.environ.get("CALY_FUZZ_SECONDS", "45"))
+EXAMPLES = int(os.environ.get("CALY_FUZZ_EXAMPLES", "15"))
+BUDGET_SECONDS = float(os.environ.get("CALY_FUZZ_SECONDS", "75"))
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 
 

@@ -1,6 +1,7 @@
 """The sync service, one module a job: `accounts` (connecting them), `requests` (queueing and
 publishing syncs, the periodic resync), `runs` (running one sync), `store` (storing what a sync
-brought) and `reaper` (what dead workers and broker outages left behind).
+brought), `writes` (events changed through Caly, written back), `webhooks` (notifying apps) and
+`reaper` (what dead workers and broker outages left behind).
 
 The names below are the service's API for views, tasks and commands.
 """
@@ -18,6 +19,7 @@ from sync.services.requests import (
 )
 from sync.services.runs import RunResult, sync_run_execute
 from sync.services.store import event_changes_prune, events_apply
+from sync.services.webhooks import delivery_send, webhook_create
 
 __all__ = [
     "AccountNotSyncable",
@@ -26,6 +28,7 @@ __all__ = [
     "account_connect",
     "account_update",
     "calendars_reconcile",
+    "delivery_send",
     "event_changes_prune",
     "events_apply",
     "resync_batch_size",
@@ -35,4 +38,5 @@ __all__ = [
     "sync_request_stale",
     "sync_run_execute",
     "sync_runs_reap",
+    "webhook_create",
 ]

@@ -12,6 +12,7 @@ from django.utils import timezone
 from sync import states
 from sync.models import SyncRun
 from sync.services.requests import BrokerUnavailable, sync_publish
+from sync.services.webhooks import deliveries_resend
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ def sync_runs_reap(*, now: dt.datetime | None = None) -> dict:
       readable error once their attempts are used up or a newer run of the account is queued;
     - deferred runs whose account is free (the run that was to hand them back died);
     - queued runs RabbitMQ never confirmed (the broker was away when they were published), and
-      runs published over CALY_REPUBLISH_AFTER_SECONDS ago that no worker ever took.
+      runs published over CALY_REPUBLISH_AFTER_SECONDS ago that no worker ever took;
+    - webhook deliveries never tried that long after they were recorded.
     Called by the `sync.reap_stale_runs` periodic task; safe to run anywhere, any number of times.
     """
     now = now or timezone.now()
@@ -68,6 +70,12 @@ def sync_runs_reap(*, now: dt.datetime | None = None) -> dict:
             break  # still away; the next tick tries again
         republished.append(run.pk)
     summary = {"requeued": requeued, "failed": failed, "published": republished}
+    # Webhook deliveries whose publish after commit was lost to a broker outage.
+    resent = deliveries_resend(
+        older_than=dt.timedelta(seconds=settings.CALY_REPUBLISH_AFTER_SECONDS)
+    )
+    if resent:
+        summary["webhook_deliveries"] = resent
     if any(summary.values()):
         logger.warning("reaper: %s", summary)
     return summary

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -19,13 +19,14 @@ from calendars.models import Account, Calendar
 from sync import broker, lifecycle, selectors, states
 from sync.engine import normalize_href
 from sync.leases import LeaseHeartbeat, LeaseLost, lease_fence
-from sync.models import SyncRun
+from sync.models import SyncRun, Webhook
 from sync.providers import provider_for
 from sync.providers.base import AuthError, Provider, ProviderError, TransientError
 from sync.remote import ChangeBatch, Cursor, RemoteCalendar
 from sync.services.accounts import account_home_url_check, calendars_reconcile
 from sync.services.requests import BROKER_ERRORS, sync_publish_or_leave_to_reaper
 from sync.services.store import events_apply
+from sync.services.webhooks import deliveries_record
 from sync.services.writes import writes_push
 from sync.states import ClaimOutcome, Counts, Ending
 
@@ -123,6 +124,8 @@ def sync_run_execute(
         recorded, waiting = states.run_end(run=run, counts=counts, token=claim.token, ending=ending)
     if waiting is not None:
         sync_publish_or_leave_to_reaper(run=waiting)
+    if ending is not None and recorded and ending.state == SyncRun.State.FAILED:
+        _notify_failure(run, ending)
     if ending is not None and recorded:
         return RunResult(run.pk, ending.state, counts=counts.event_counts())
     # Not recorded: the run (or its account) was deleted while it synced, or another worker
@@ -140,6 +143,19 @@ def sync_run_execute(
         counts={"created": run.created, "updated": run.updated, "deleted": run.deleted},
         handed_back=outcome is Interruption.HAND_BACK,
     )
+
+
+def _notify_failure(run: SyncRun, ending: Ending) -> None:
+    """`sync.failed` (and `account.needs_reauth`) to the owner's webhooks."""
+    with transaction.atomic():
+        data = {"account": run.account_id, "run": run.pk, "error": ending.error}
+        deliveries_record(account_id=run.account_id, type=Webhook.Type.SYNC_FAILED, data=data)
+        if ending.account.get("status") == Account.Status.NEEDS_REAUTH:
+            deliveries_record(
+                account_id=run.account_id,
+                type=Webhook.Type.ACCOUNT_NEEDS_REAUTH,
+                data={"account": run.account_id, "error": ending.error},
+            )
 
 
 def _publish_later(*, run_id: int, task_id: str, delay: int, mark: bool) -> None:

@@ -15,6 +15,7 @@ from calendars.models import Calendar, Event, EventChange
 from sync.engine import EventWrite, Plan, StoredEvent, normalize_href, plan_changes
 from sync.models import PendingWrite
 from sync.remote import ChangeBatch, SkippedObject
+from sync.services.webhooks import events_changed_record
 
 # The fields a sync writes; the rest (ids, created_at) are kept when a stored event changes.
 EVENT_FIELDS = (
@@ -87,12 +88,19 @@ def events_apply(
             ]
             Event.objects.bulk_update(moved, ["href", "etag"])
         if plan.writes:
-            Event.objects.bulk_create(
+            stored_rows = Event.objects.bulk_create(
                 [_event(calendar, w) for w in plan.writes],
                 batch_size=UPSERT_PAGE,
                 update_conflicts=True,
                 unique_fields=["calendar", "uid", "recurrence_id"],
                 update_fields=EVENT_FIELDS,
+            )
+            ids = [row.pk for row in stored_rows]
+            plan.created_ids, plan.updated_ids = ids[: len(plan.create)], ids[len(plan.create) :]
+        if not own_write and (plan.writes or plan.delete_ids):
+            # Apps learn of it through their webhooks, recorded in this same transaction.
+            events_changed_record(
+                account_id=calendar.account_id, calendar_id=calendar.pk, plan=plan
             )
         if cursor is not None:
             calendar.sync_token, calendar.ctag = cursor.sync_token, cursor.ctag

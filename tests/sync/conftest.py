@@ -18,6 +18,7 @@ def lab(settings, tmp_path):
     settings.CALY_QUEUE_PREFIX = prefix
     settings.CALY_SYNC_QUEUE = f"{prefix}.sync"
     settings.CALY_MAINTENANCE_QUEUE = f"{prefix}.maintenance"
+    settings.CALY_WEBHOOK_QUEUE = f"{prefix}.webhooks"
     lab = QueueLab(prefix=prefix, log_path=tmp_path / "provider.log", settings=settings)
     yield lab
     lab.stop()

@@ -60,6 +60,7 @@ def google_settings(settings, google, google_workers):
     settings.CALY_QUEUE_PREFIX = prefix
     settings.CALY_SYNC_QUEUE = f"{prefix}.sync"
     settings.CALY_MAINTENANCE_QUEUE = f"{prefix}.maintenance"
+    settings.CALY_WEBHOOK_QUEUE = f"{prefix}.webhooks"
     for name, value in {**google.settings(), **BUDGET, **MAX_WAIT}.items():
         setattr(settings, name, value)
     return settings
