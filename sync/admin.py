@@ -16,7 +16,7 @@ from django_celery_results.models import TaskResult
 from calendars.admin import AccountAdmin
 from calendars.models import Account
 from sync import services
-from sync.models import PendingWrite, SyncRun
+from sync.models import PendingWrite, SyncRun, Webhook, WebhookAttempt, WebhookDelivery
 
 
 def duration_text(value: dt.timedelta | None) -> str:
@@ -266,3 +266,36 @@ class PendingWriteAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+
+# --- webhooks and their deliveries ------------------------------------------------------------
+class WebhookAttemptInline(admin.TabularInline):
+    model = WebhookAttempt
+    extra = 0
+    can_delete = False
+    readonly_fields = ("at", "status_code", "error", "duration_ms")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    """Every delivery to every webhook, with each attempt (time, answer, error)."""
+
+    list_display = ("id", "webhook", "type", "state", "attempts", "created_at", "delivered_at")
+    list_filter = ("state", "type")
+    search_fields = ("webhook__url",)
+    readonly_fields = [f.name for f in WebhookDelivery._meta.fields]
+    inlines = [WebhookAttemptInline]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(Webhook)
+class WebhookAdmin(admin.ModelAdmin):
+    list_display = ("id", "owner", "url", "active", "failing_since", "created_at")
+    list_filter = ("active",)
+    search_fields = ("url", "owner__username")
+    readonly_fields = ("owner", "events", "failing_since", "created_at")
