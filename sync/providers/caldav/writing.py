@@ -11,6 +11,7 @@ whole object with icalendar would re-fold and re-escape lines Caly never touched
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -262,9 +263,9 @@ def _with_zone(lines: list[str], values: EventValues) -> list[str]:
         return lines
     if f"TZID:{values.timezone}".upper() in (line.upper() for line in lines):
         return lines
-    vtimezone = _content_lines(icalendar.Timezone.from_tzid(values.timezone).to_ical().decode())
+    vtimezone = _vtimezone(values.timezone)
     first = next(i for i, line in enumerate(lines) if line.upper() == "BEGIN:VEVENT")
-    return lines[:first] + vtimezone + lines[first:]
+    return lines[:first] + list(vtimezone) + lines[first:]
 
 
 # --- sending ----------------------------------------------------------------------------------
@@ -282,7 +283,7 @@ def send_write(
     if write.kind == "delete":
         headers = {"If-Match": etag} if etag else {}
         response = dav.send("DELETE", url, "", depth=None, headers=headers)
-        response.close()
+        _finish(response)
         if response.status_code in (200, 202, 204, 404, 410):  # gone, by us or before us
             return None
         if response.status_code == 412:
@@ -294,7 +295,7 @@ def send_write(
     elif etag:
         headers["If-Match"] = etag
     response = dav.send("PUT", url, write.body, depth=None, headers=headers)
-    response.close()
+    _finish(response)
     status = response.status_code
     if status == 412:
         current = _current(dav, url)
@@ -311,6 +312,14 @@ def send_write(
         events=parse_object(write.body),
         raw=write.body,
     )
+
+
+def _finish(response) -> None:
+    """Read the (short) answer to the end, so its connection goes back to the pool."""
+    try:
+        response.content  # noqa: B018
+    finally:
+        response.close()
 
 
 def _is_own(current: RemoteObject, write: OutgoingWrite) -> bool:
@@ -362,3 +371,9 @@ def _refused(dav: DAVSession, write: OutgoingWrite, status: int) -> ProviderErro
     return ProviderError(
         f"The CalDAV server at {dav.host()} refused to {what} the event (HTTP {status})."
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _vtimezone(tzid: str) -> tuple[str, ...]:
+    """The VTIMEZONE of an IANA zone as content lines (icalendar takes ~9 ms to build one)."""
+    return tuple(_content_lines(icalendar.Timezone.from_tzid(tzid).to_ical().decode()))
