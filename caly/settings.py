@@ -232,6 +232,14 @@ CALY_RESYNC_MINUTES = env.int("CALY_RESYNC_MINUTES", default=15)
 CALY_WEBHOOK_TIMEOUT_SECONDS = env.float("CALY_WEBHOOK_TIMEOUT_SECONDS", default=10.0)
 CALY_WEBHOOK_RETRY_BASE_SECONDS = env.float("CALY_WEBHOOK_RETRY_BASE_SECONDS", default=30.0)
 CALY_WEBHOOK_RETRY_HOURS = env.float("CALY_WEBHOOK_RETRY_HOURS", default=24.0)
+# Google push: where Google can reach Caly (https; http only on loopback, as tests do). Unset:
+# no channels, polling only. Channels live CALY_PUSH_CHANNEL_TTL_SECONDS and are renewed when
+# less than CALY_PUSH_RENEW_BEFORE_SECONDS is left; an account whose calendars all push is
+# polled every CALY_PUSH_RESYNC_MINUTES instead of CALY_RESYNC_MINUTES.
+CALY_PUBLIC_URL = env.str("CALY_PUBLIC_URL", default="")
+CALY_PUSH_CHANNEL_TTL_SECONDS = env.int("CALY_PUSH_CHANNEL_TTL_SECONDS", default=7 * 24 * 3600)
+CALY_PUSH_RENEW_BEFORE_SECONDS = env.int("CALY_PUSH_RENEW_BEFORE_SECONDS", default=24 * 3600)
+CALY_PUSH_RESYNC_MINUTES = env.int("CALY_PUSH_RESYNC_MINUTES", default=6 * 60)
 # How long the change feed keeps changes (deletions included); an older cursor is a 410.
 CALY_CHANGES_RETENTION_DAYS = env.int("CALY_CHANGES_RETENTION_DAYS", default=30)
 # A running sync holds a per-account lease; it is renewed every third of this and lapses if

@@ -134,6 +134,11 @@ class AccountViewSet(
             raise _provider_error_to_400(exc, data["provider"]) from None
         return Response(AccountSerializer(account).data, status=status.HTTP_201_CREATED)
 
+    def perform_destroy(self, instance):
+        # Its push channels are stopped while its credentials are still there.
+        services.channels_stop_for_account(account=instance)
+        instance.delete()
+
     def partial_update(self, request, *args, **kwargs):
         account = self.get_object()
         incoming = AccountUpdateSerializer(data=request.data)

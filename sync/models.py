@@ -23,6 +23,7 @@ class SyncRun(models.Model):
         COMMAND = "command", "Command"
         ADMIN = "admin", "Admin"
         WRITE = "write", "Write"  # carries events changed through Caly to the server
+        PUSH = "push", "Push"  # the server said a calendar changed (Google push)
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -58,6 +59,11 @@ class SyncRun(models.Model):
     published_at = models.DateTimeField(null=True, blank=True)
     # A queued run waiting out a transient error: its message comes back at this time.
     retry_at = models.DateTimeField(null=True, blank=True)
+    # Syncs this one calendar only, without listing the account's calendars (a push said it
+    # changed); empty: every selected calendar.
+    calendar = models.ForeignKey(
+        Calendar, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     # Only carries the account's pending writes to the server, without reading its calendars
     # (a write's own run); a sync requested while it is queued turns it into a whole sync.
     writes_only = models.BooleanField(default=False)
@@ -136,6 +142,24 @@ class PendingWrite(models.Model):
 
     def __str__(self):
         return f"{self.get_kind_display()} {self.uid} ({self.state})"
+
+
+class WatchChannel(models.Model):
+    """A Google `events.watch` channel on one calendar: Google POSTs to /hooks/google/ when the
+    calendar changes (sync.services.push)."""
+
+    calendar = models.OneToOneField(
+        Calendar, on_delete=models.CASCADE, related_name="watch_channel"
+    )
+    channel_id = models.UUIDField(unique=True, default=uuid.uuid4)
+    # SHA-256 of the secret token Google sends back with every notification.
+    token_digest = models.CharField(max_length=64)
+    resource_id = models.CharField(max_length=500, blank=True)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return f"channel {self.channel_id} on {self.calendar_id}"
 
 
 class Webhook(models.Model):

@@ -11,14 +11,15 @@ from django.db.models import (
     DateTimeField,
     Exists,
     OuterRef,
+    Q,
     QuerySet,
     Subquery,
     Value,
 )
-from django.db.models.functions import Coalesce, Greatest
+from django.db.models.functions import Coalesce, Greatest, Now
 from django.utils import timezone
 
-from calendars.models import Account, Event
+from calendars.models import Account, Calendar, Event
 from sync.models import SyncRun
 
 
@@ -54,14 +55,24 @@ def _last_attempt(qs: QuerySet[Account]) -> QuerySet[Account]:
     )
 
 
-def accounts_due_for_resync(*, older_than: dt.datetime) -> QuerySet[Account]:
+def accounts_due_for_resync(
+    *, older_than: dt.datetime, pushed_older_than: dt.datetime | None = None
+) -> QuerySet[Account]:
     """Active accounts with no queued or running sync whose last sync ended before `older_than`,
-    stalest (and never synced) first."""
-    return (
-        _last_attempt(Account.objects.filter(status=Account.Status.ACTIVE).defer("credentials"))
-        .filter(last_attempt__lt=older_than, busy=False)
-        .order_by("last_attempt", "id")
-    )
+    stalest (and never synced) first. Accounts every selected calendar of which has a live push
+    channel are due only once their last sync ended before `pushed_older_than`."""
+    due = _last_attempt(
+        Account.objects.filter(status=Account.Status.ACTIVE).defer("credentials")
+    ).filter(last_attempt__lt=older_than, busy=False)
+    if pushed_older_than is not None:
+        unwatched = Calendar.objects.filter(account=OuterRef("pk"), selected=True).filter(
+            Q(watch_channel__isnull=True) | Q(watch_channel__expires_at__lte=Now())
+        )
+        pushing = Exists(Calendar.objects.filter(account=OuterRef("pk"), selected=True)) & ~Exists(
+            unwatched
+        )
+        due = due.exclude(pushing, last_attempt__gte=pushed_older_than)
+    return due.order_by("last_attempt", "id")
 
 
 def accounts_overview(*, user) -> list[Account]:

@@ -52,3 +52,9 @@ def prune_event_changes() -> int:
 def deliver_webhook(delivery_id: str) -> str:
     """POST one webhook delivery (from the webhooks queue); a failure schedules its retry."""
     return services.delivery_send(delivery_id=delivery_id)
+
+
+@shared_task(name="sync.maintain_channels", ignore_result=True)
+def maintain_channels() -> dict:
+    """Periodic (celery beat): open, renew and stop Google push channels."""
+    return services.channels_maintain()

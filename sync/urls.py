@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from sync import oauth, views
+from sync import hooks, oauth, views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -11,6 +11,7 @@ urlpatterns = [
     path("google/connect/", oauth.google_connect, name="google-connect"),
     path("google/connect/<int:account_id>/", oauth.google_connect, name="google-connect"),
     path("google/callback/", oauth.google_callback, name="google-callback"),
+    path("hooks/google/", hooks.google_hook, name="google-hook"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

@@ -11,7 +11,9 @@ def install(apps, schema_editor):
     IntervalSchedule = apps.get_model("django_celery_beat", "IntervalSchedule")
     PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
     PeriodicTasks = apps.get_model("django_celery_beat", "PeriodicTasks")
-    hourly, _ = IntervalSchedule.objects.get_or_create(every=EVERY_SECONDS, period="seconds")
+    hourly = IntervalSchedule.objects.filter(every=EVERY_SECONDS, period="seconds").first()
+    if hourly is None:
+        hourly = IntervalSchedule.objects.create(every=EVERY_SECONDS, period="seconds")
     PeriodicTask.objects.get_or_create(
         name=NAME,
         defaults={

@@ -7,6 +7,7 @@ become the plain data of `sync.remote`, which the engine and the services work o
 from __future__ import annotations
 
 import abc
+import datetime as dt
 from collections.abc import Callable, Iterator, Mapping
 
 from caly.scrub import scrub
@@ -115,6 +116,20 @@ class Provider(abc.ABC):
         earlier attempt (`write.marker` on the server) as done.
         """
         raise ProviderError(f"{type(self).__name__} cannot write events.")
+
+    # Can the server tell Caly of changes (`watch`)? Only Google's can, today.
+    supports_push = False
+
+    def watch(
+        self, calendar_id: str, *, channel_id: str, token: str, address: str, ttl_seconds: int
+    ) -> tuple[str, dt.datetime]:
+        """Ask the server to POST to `address` when the calendar changes; returns the watched
+        resource's id and when the channel expires."""
+        raise ProviderError(f"{type(self).__name__} cannot push changes.")
+
+    def unwatch(self, *, channel_id: str, resource_id: str) -> None:
+        """Stop a channel `watch` opened; one the server no longer knows counts as stopped."""
+        raise ProviderError(f"{type(self).__name__} cannot push changes.")
 
     def close(self) -> None:  # noqa: B027 - optional hook; most providers hold nothing
         """Release what the provider holds (connections are pooled and shared)."""

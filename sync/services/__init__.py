@@ -7,6 +7,7 @@ The names below are the service's API for views, tasks and commands.
 """
 
 from sync.services.accounts import account_connect, account_update, calendars_reconcile
+from sync.services.push import channels_maintain, channels_stop_for_account
 from sync.services.reaper import sync_runs_reap
 from sync.services.requests import (
     AccountNotSyncable,
@@ -28,6 +29,8 @@ __all__ = [
     "account_connect",
     "account_update",
     "calendars_reconcile",
+    "channels_maintain",
+    "channels_stop_for_account",
     "delivery_send",
     "event_changes_prune",
     "events_apply",

@@ -7,13 +7,14 @@ import datetime as dt
 import logging
 import math
 import uuid
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from kombu.exceptions import KombuError, OperationalError
 
-from calendars.models import Account
+from calendars.models import Account, Calendar
 from sync import broker, selectors, states
 from sync.models import SyncRun
 
@@ -79,29 +80,67 @@ def sync_request(
 
 
 def sync_request_account(
-    *, account: Account, trigger: str, publish: bool = True, writes_only: bool = False
+    *,
+    account: Account,
+    trigger: str,
+    publish: bool = True,
+    writes_only: bool = False,
+    calendar: Calendar | None = None,
 ) -> SyncRun:
-    """Queue a sync of one account (or return the one queued). `writes_only`: the run only
-    carries the account's pending writes to the server (`sync.services.writes`); every run does
-    that first, so a queued one serves. A sync asked for while a writes-only run is queued
-    turns it into a whole sync."""
-    return _request_account(
-        account=account, trigger=trigger, publish=publish, writes_only=writes_only
-    )[0]
+    """Queue a sync of one account (or return the one queued, widened to cover this request).
+
+    What a run covers, narrowest first: `writes_only` (it carries the account's pending writes
+    to the server, `sync.services.writes`; every run does that first), one `calendar` (a push
+    said it changed: no calendar list), or every selected calendar. A queued run asked for more
+    than it covers is widened (two different calendars: the whole account).
+    """
+    scope = Scope(writes_only=writes_only, calendar_id=calendar.pk if calendar else None)
+    return _request_account(account=account, trigger=trigger, publish=publish, scope=scope)[0]
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a run syncs (see `sync_request_account`); the default is the whole account."""
+
+    writes_only: bool = False
+    calendar_id: int | None = None
+
+    @classmethod
+    def of(cls, run: SyncRun) -> Scope:
+        return cls(writes_only=run.writes_only, calendar_id=run.calendar_id)
+
+    def covers(self, other: Scope) -> bool:
+        if self.writes_only:
+            return other.writes_only
+        return (
+            self.calendar_id is None or other.writes_only or other.calendar_id == self.calendar_id
+        )
+
+    def widened(self, other: Scope) -> Scope:
+        if self.covers(other):
+            return self
+        if other.covers(self):
+            return other
+        return Scope()  # two calendars: the whole account
+
+
+WHOLE = Scope()
 
 
 def _request_account(
-    *, account: Account, trigger: str, publish: bool, writes_only: bool = False
+    *, account: Account, trigger: str, publish: bool, scope: Scope = WHOLE
 ) -> tuple[SyncRun, bool]:
     """The account's queued run, and whether this call added it."""
     queued = SyncRun.objects.filter(account=account, state=SyncRun.State.QUEUED)
     with transaction.atomic():
         existing = queued.first()
-        if existing is not None and existing.writes_only and not writes_only:
-            if not queued.filter(pk=existing.pk).update(writes_only=False):
-                existing = None  # it started meanwhile: queue a whole sync after it
+        if existing is not None and not Scope.of(existing).covers(scope):
+            wider = Scope.of(existing).widened(scope)
+            fields = {"writes_only": wider.writes_only, "calendar_id": wider.calendar_id}
+            if not queued.filter(pk=existing.pk).update(**fields):
+                existing = None  # it started meanwhile: queue another after it
             else:
-                existing.writes_only = False
+                existing.writes_only, existing.calendar_id = wider.writes_only, wider.calendar_id
         if existing is not None:
             return existing, False
         try:
@@ -110,16 +149,15 @@ def _request_account(
                     account=account,
                     trigger=trigger,
                     task_id=str(uuid.uuid4()),
-                    writes_only=writes_only,
+                    writes_only=scope.writes_only,
+                    calendar_id=scope.calendar_id,
                 )
         except IntegrityError:  # a concurrent request queued one first
             existing = queued.first()
-            if existing is not None:
+            if existing is not None and Scope.of(existing).covers(scope):
                 return existing, False
-            # ...and it has started already: queue the follow-up after all.
-            return _request_account(
-                account=account, trigger=trigger, publish=publish, writes_only=writes_only
-            )
+            # ...it has started already, or covers less: go round again.
+            return _request_account(account=account, trigger=trigger, publish=publish, scope=scope)
         if publish:
             transaction.on_commit(lambda: sync_publish(run=run, withdraw_on_failure=True))
     return run, True
@@ -194,7 +232,8 @@ def sync_request_stale(
         active = Account.objects.filter(status=Account.Status.ACTIVE).count()
         limit = resync_batch_size(active_accounts=active)
     due = selectors.accounts_due_for_resync(
-        older_than=now - dt.timedelta(minutes=settings.CALY_RESYNC_MINUTES)
+        older_than=now - dt.timedelta(minutes=settings.CALY_RESYNC_MINUTES),
+        pushed_older_than=now - dt.timedelta(minutes=settings.CALY_PUSH_RESYNC_MINUTES),
     )[:limit]
     return [
         sync_request_account(account=account, trigger=SyncRun.Trigger.SCHEDULE) for account in due

@@ -194,7 +194,7 @@ def _execute(run: SyncRun, *, counts: Counts, heartbeat: LeaseHeartbeat) -> Inte
         error = f"Internal error while syncing ({type(exc).__name__}); the team has the details."
         return Ending(SyncRun.State.FAILED, error=error, account={"last_error": error})
     account = {"last_error": ""}
-    if not run.writes_only:
+    if not run.writes_only and run.calendar_id is None:  # the whole account was synced
         account["last_synced_at"] = timezone.now()
     return Ending(SyncRun.State.SUCCEEDED, account=account)
 
@@ -268,6 +268,9 @@ def _sync_calendars(
     run: SyncRun, provider: Provider, *, counts: Counts, heartbeat: LeaseHeartbeat, deadline: float
 ) -> None:
     account = run.account
+    if run.calendar_id is not None:
+        _sync_one_calendar(run, provider, counts=counts, heartbeat=heartbeat, deadline=deadline)
+        return
     stored = list(Calendar.objects.filter(account=account).order_by("pk"))
     # Where each selected calendar's last sync left off, before discovery (CalDAV asks for
     # ctags in its calendar list when some calendar syncs by ctag).
@@ -300,6 +303,38 @@ def _sync_calendars(
             counts.calendars_unchanged.append(calendar.pk)
         if counts.calendars_done < counts.calendars_total:  # the last one ends the run
             states.run_record_progress(run=run, calendars_done=counts.calendars_done)
+
+
+def _sync_one_calendar(
+    run: SyncRun, provider: Provider, *, counts: Counts, heartbeat: LeaseHeartbeat, deadline: float
+) -> None:
+    """A run for one calendar (a push said it changed): no calendar list, only its changes."""
+    calendar = Calendar.objects.filter(pk=run.calendar_id, selected=True).first()
+    if calendar is None:  # deselected or removed meanwhile
+        return
+    remote = RemoteCalendar(
+        remote_id=calendar.remote_id,
+        name=calendar.name,
+        color=calendar.color,
+        timezone=calendar.timezone,
+        writable=calendar.writable,
+    )
+    provider.cursors = {calendar.remote_id: _cursor(calendar)}
+    counts.calendars_total, counts.calendars_done = 1, 0
+    synced_at = calendar.last_synced_at
+    _sync_calendar(
+        run,
+        provider,
+        calendar,
+        remote,
+        added=False,
+        counts=counts,
+        heartbeat=heartbeat,
+        deadline=deadline,
+    )
+    counts.calendars_done = 1
+    if calendar.last_synced_at == synced_at:
+        counts.calendars_unchanged.append(calendar.pk)
 
 
 def _sync_calendar(

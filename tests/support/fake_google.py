@@ -14,6 +14,17 @@ are refused loudly instead of being ignored.
 Tests inject faults per user (403 rate limits, 429 with Retry-After, 5xx, slow answers), set a
 per-user quota (a sliding window, as Google counts per user per minute), and read back every
 request the client sent.
+
+Push notifications as Google documents them: events.watch opens a web_hook channel on a calendar
+(answered with its resourceId, the same for every channel on that calendar, and its expiration:
+a week unless params.ttl or expiration ask for less, a month at most), which at once receives its
+`sync` message; from then on every change to an event of that calendar, whichever way it is made
+(the test helpers or the API's writes, everything `_store` stores), POSTs an empty `exists`
+message with Google's X-Goog-* headers to each live channel of the calendar, from background
+threads, never holding the fake's lock (changes made while one is still waiting to go out share
+it, as Google batches them). channels.stop ends a channel (204; 404 for one unknown, ended or of
+another resource). Tests read what was sent (`notifications`, `wait_for_notifications`,
+`wait_push_idle`), the channels (`channels`) and end one early (`expire_channel`).
 """
 
 from __future__ import annotations
@@ -23,9 +34,13 @@ import bisect
 import collections
 import copy
 import datetime as dt
+import email.utils
 import hashlib
+import http.client
+import ipaddress
 import itertools
 import json
+import queue
 import re
 import secrets
 import threading
@@ -35,7 +50,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import googleapiclient
@@ -93,6 +108,10 @@ IMPLEMENTED = {
         "supportsAttachments",
     },
     "calendar.events.delete": {"calendarId", "eventId", "sendNotifications", "sendUpdates"},
+    # The discovery document lets events.watch take events.list's parameters; which events a
+    # channel is told about is not filtered here (eventTypes, q, ...): all of them are refused.
+    "calendar.events.watch": {"calendarId"},
+    "calendar.channels.stop": set(),
 }
 GLOBAL_IGNORED = {"alt", "prettyPrint", "quotaUser", "userIp", "key"}
 
@@ -151,6 +170,29 @@ ENUM_FIELDS = {
     "visibility": {"default", "public", "private", "confidential"},
 }
 RECURRENCE_LINE = re.compile(r"(RRULE|EXRULE|RDATE|EXDATE)[;:]", re.IGNORECASE)
+
+# --- push notification channels ---------------------------------------------------------------
+CHANNEL_ID = re.compile(r"[A-Za-z0-9\-_+/=]+")
+CHANNEL_ID_MAX = 64
+CHANNEL_TOKEN_MAX = 256
+CHANNEL_TYPES = {"web_hook", "webhook"}  # the discovery document: both mean an HTTP callback
+CHANNEL_FIELDS = {
+    "address",
+    "expiration",
+    "id",
+    "kind",
+    "params",
+    "payload",
+    "resourceId",
+    "resourceUri",
+    "token",
+    "type",
+}
+CHANNEL_DEFAULT_SECONDS = 7 * 86400  # without params.ttl or expiration: a week
+CHANNEL_MAX_SECONDS = 30 * 86400  # Google caps events channels at about a month
+PUSH_TIMEOUT = 2.0  # seconds for each notification's POST
+PUSH_WORKERS = 4
+PUSH_USER_AGENT = "APIs-Google; (+https://developers.google.com/webmasters/APIs-Google.html)"
 
 
 # --- the discovery document as a router -------------------------------------------------------
@@ -276,6 +318,10 @@ class FakeCalendar:
     # iCalUID → id of the (non-instance) event carrying it, deleted ones included: events.insert
     # answers 409 for a UID the calendar already holds. Checked against the event on lookup.
     _uids: dict[str, str] = field(default_factory=dict)
+    # What events.watch answers as resourceId: opaque, the same for every channel on this
+    # calendar. `channels`: ids of the channels opened on it (the ended ones leave it).
+    resource_id: str = field(default_factory=lambda: secrets.token_urlsafe(20)[:27])
+    channels: list[str] = field(default_factory=list)
 
     def sorted_ids(self) -> list[str]:
         if self._sorted_ids is None:
@@ -317,6 +363,102 @@ class FakeUser:
     @property
     def primary(self) -> str:
         return self.email
+
+
+@dataclass
+class FakeChannel:
+    """A push notification channel (events.watch). `expiration` is in ms since the epoch;
+    `messages` the number of the last message sent on it (the sync message is number 1)."""
+
+    id: str
+    user: str  # the email of the user who opened it
+    calendar_id: str
+    address: str
+    token: str | None
+    resource_id: str
+    resource_uri: str
+    expiration: int
+    params: dict = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+    stopped: bool = False
+    messages: int = 0
+    calendar: FakeCalendar | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def expired(self) -> bool:
+        return self.expiration <= time.time() * 1000
+
+    @property
+    def live(self) -> bool:
+        return not self.stopped and not self.expired
+
+    def info(self) -> dict:
+        """What `FakeGoogle.channels` lists of it."""
+        return {
+            "id": self.id,
+            "user": self.user,
+            "calendar_id": self.calendar_id,
+            "address": self.address,
+            "token": self.token,
+            "resource_id": self.resource_id,
+            "resource_uri": self.resource_uri,
+            "expiration": self.expiration,
+            "params": dict(self.params),
+            "created": self.created,
+            "stopped": self.stopped,
+            "expired": self.expired,
+            "messages": self.messages,
+        }
+
+    def resource(self) -> dict:
+        """The Channel resource events.watch answers with."""
+        answer = {
+            "kind": "api#channel",
+            "id": self.id,
+            "resourceId": self.resource_id,
+            "resourceUri": self.resource_uri,
+        }
+        if self.token:
+            answer["token"] = self.token
+        answer["expiration"] = str(self.expiration)
+        return answer
+
+    def headers(self, state: str, number: int) -> dict[str, str]:
+        """What Google sends with a notification (its body is empty)."""
+        headers = {
+            "Content-Type": "application/json; utf-8",
+            "Content-Length": "0",
+            "User-Agent": PUSH_USER_AGENT,
+            "X-Goog-Channel-ID": self.id,
+        }
+        if self.token:
+            headers["X-Goog-Channel-Token"] = self.token
+        headers["X-Goog-Channel-Expiration"] = email.utils.formatdate(
+            self.expiration / 1000, usegmt=True
+        )
+        headers["X-Goog-Resource-ID"] = self.resource_id
+        headers["X-Goog-Resource-URI"] = self.resource_uri
+        headers["X-Goog-Resource-State"] = state
+        headers["X-Goog-Message-Number"] = str(number)
+        return headers
+
+
+@dataclass
+class PushNotification:
+    """One notification POSTed to a channel's address: `status` is the receiver's HTTP status,
+    None if there was none (then `error` says why: refused, timed out, ...)."""
+
+    at: float
+    channel_id: str
+    user: str
+    calendar_id: str
+    address: str
+    state: str  # "sync" or "exists"
+    number: int  # X-Goog-Message-Number
+    headers: dict[str, str]
+    status: int | None
+    error: str = ""
+    duration: float = 0.0
 
 
 @dataclass
@@ -372,6 +514,14 @@ ERROR_MESSAGES = {
         "calendar",
         "Cannot specify both default reminders and overrides at the same time.",
     ),
+    "channelIdNotUnique": ("global", "Channel id not unique"),
+    "push.channelIdInvalid": (
+        "push",
+        "Channel ID must match the following regular expression: [A-Za-z0-9\\-_\\+/=]+",
+    ),
+    "push.channelTypeNotSupported": ("push", "Channel type is not supported."),
+    "push.webhookUrlNoHostOrAddress": ("push", "WebHook callback must contain a valid URL."),
+    "push.webhookUrlNotHttps": ("push", "WebHook callback must be HTTPS."),
 }
 STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
@@ -471,9 +621,23 @@ class FakeGoogle:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
+        # Push notifications: channels by id (ended ones stay: their ids are not reused), what
+        # waits to be sent to each channel (in order), the channels being sent to now (one
+        # sender at a time per channel, which keeps its message numbers in order), every
+        # notification sent, and the sender threads.
+        self.project_number = str(int(hashlib.sha1(client_id.encode()).hexdigest(), 16))[:12]
+        self._channels: dict[str, FakeChannel] = {}
+        self._outbox: dict[str, collections.deque[str]] = {}
+        self._delivering: set[str] = set()
+        self._sent: list[PushNotification] = []
+        self._push_changed = threading.Condition(self._lock)
+        self._push_ready: queue.SimpleQueue | None = None
+        self._push_threads: list[threading.Thread] = []
+        self._push_closed = False
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self, port: int | None = None) -> FakeGoogle:
+        self._push_closed = False
         self.port = port or free_port()
         server = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
         server.daemon_threads = True
@@ -490,6 +654,16 @@ class FakeGoogle:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:
+            # Nothing more goes out; a notification being sent ends within its timeout.
+            self._push_closed = True
+            ready, threads = self._push_ready, self._push_threads
+            self._push_ready, self._push_threads = None, []
+            for outbox in self._outbox.values():
+                outbox.clear()
+            self._push_changed.notify_all()
+        for _ in threads:
+            ready.put(None)
 
     @property
     def url(self) -> str:
@@ -635,6 +809,8 @@ class FakeGoogle:
         details = before_deletion or resource
         if "recurringEventId" not in details and details.get("iCalUID"):
             calendar._uids[details["iCalUID"]] = resource["id"]
+        if calendar.channels:
+            self._changed(calendar)
         return resource
 
     def _delete(self, calendar: FakeCalendar, event_id: str, details: dict | None = None) -> dict:
@@ -774,6 +950,78 @@ class FakeGoogle:
     def event(self, user: FakeUser, calendar_id: str | None, event_id: str) -> dict:
         with self._lock:
             return json.loads(self._calendar(user, calendar_id).events[event_id].body)
+
+    # --- push notification channels -------------------------------------------------------------
+    def channels(self, user: FakeUser | None = None, *, ended: bool = False) -> list[dict]:
+        """The live channels (of `user`), oldest first, as dicts: id, user, calendar_id,
+        address, token, resource_id, resource_uri, expiration (ms since the epoch), params,
+        created, stopped, expired, messages (the last message number sent). `ended=True`: the
+        stopped and expired ones too."""
+        with self._lock:
+            return [
+                channel.info()
+                for channel in self._channels.values()
+                if (user is None or channel.user == user.email) and (ended or channel.live)
+            ]
+
+    def expire_channel(self, channel_id: str) -> None:
+        """The channel expires now: nothing more is sent to it (what is waiting is dropped), and
+        channels.stop answers 404 for it, as for any channel Google no longer has."""
+        with self._lock:
+            channel = self._channels[channel_id]
+            channel.expiration = min(channel.expiration, int(time.time() * 1000))
+            self._end_channel(channel)
+
+    def notifications(
+        self, channel_id: str | None = None, *, state: str | None = None
+    ) -> list[dict]:
+        """The notifications sent so far, oldest first (to one channel; of one state: "sync" or
+        "exists"), as dicts: at, channel_id, user, calendar_id, address, state, number (its
+        X-Goog-Message-Number), headers (as sent), status (the receiver's HTTP status, None if
+        it gave none), error (why not: refused, timed out, ...), duration."""
+        with self._lock:
+            return [
+                {**vars(n), "headers": dict(n.headers)}
+                for n in self._sent
+                if (channel_id is None or n.channel_id == channel_id)
+                and (state is None or n.state == state)
+            ]
+
+    def wait_for_notifications(
+        self,
+        count: int,
+        channel_id: str | None = None,
+        *,
+        state: str | None = None,
+        timeout: float = 5.0,
+    ) -> list[dict]:
+        """Wait until at least `count` such notifications were sent (they go out from background
+        threads) and return them all; TimeoutError if they were not within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._push_changed:
+            while True:
+                sent = self.notifications(channel_id, state=state)
+                left = deadline - time.monotonic()
+                if len(sent) >= count or left <= 0:
+                    break
+                self._push_changed.wait(left)
+        if len(sent) < count:
+            raise TimeoutError(
+                f"{len(sent)} of {count} notifications sent within {timeout} s "
+                f"(channel {channel_id or 'any'}, state {state or 'any'})"
+            )
+        return sent
+
+    def wait_push_idle(self, timeout: float = 5.0) -> bool:
+        """Wait until no notification waits to be sent or is being sent; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._push_changed:
+            while self._delivering or any(self._outbox.values()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._push_changed.wait(left)
+        return True
 
     # --- faults and quotas ----------------------------------------------------------------------
     def inject(
@@ -940,6 +1188,8 @@ class FakeGoogle:
                 "calendar.events.insert": self._events_insert,
                 "calendar.events.patch": self._events_patch,
                 "calendar.events.delete": self._events_delete,
+                "calendar.events.watch": self._events_watch,
+                "calendar.channels.stop": self._channels_stop,
             }[route.method_id]
             body = handler(user, path_params, {k: v[-1] for k, v in query.items()}, record)
             if fault is not None and fault.empty and route.method_id == "calendar.events.list":
@@ -952,7 +1202,7 @@ class FakeGoogle:
             record.status = exc.status
             request.reply(exc.status, exc.body(), exc.headers)
             return
-        if body is None:  # events.delete: 204, no body
+        if body is None:  # events.delete, channels.stop: 204, no body
             record.status = 204
             request.reply(204, b"")
             return
@@ -1242,6 +1492,164 @@ class FakeGoogle:
             self._delete(calendar, event_id)
         return None
 
+    # --- push notifications: events.watch, channels.stop ----------------------------------------
+    def _events_watch(
+        self, user: FakeUser, params: dict, _query: dict, record: RecordedRequest
+    ) -> bytes:
+        """A web_hook channel on the calendar's events; its sync message goes out at once."""
+        asked = _channel_request(_json_object(record))
+        now = time.time()
+        lifetime = min(asked["ttl"] or CHANNEL_DEFAULT_SECONDS, CHANNEL_MAX_SECONDS)
+        expiration = int((now + lifetime) * 1000)
+        if asked["expiration"] is not None:
+            if asked["expiration"] <= now * 1000:
+                raise ApiError(400, "invalid", "Invalid channel expiration: it is in the past.")
+            expiration = min(expiration, asked["expiration"])
+        with self._lock:
+            calendar_id = params["calendarId"]
+            calendar = user.calendars.get(user.primary if calendar_id == "primary" else calendar_id)
+            if calendar is None:
+                raise ApiError(404, "notFound")
+            if asked["id"] in self._channels:
+                raise ApiError(400, "channelIdNotUnique")
+            channel = FakeChannel(
+                id=asked["id"],
+                user=user.email,
+                calendar_id=calendar.id,
+                address=asked["address"],
+                token=asked["token"],
+                resource_id=calendar.resource_id,
+                resource_uri=f"{self.url}{API_PREFIX}calendars/{quote(calendar.id, safe='@')}"
+                "/events",
+                expiration=expiration,
+                params=asked["params"],
+                created=now,
+                calendar=calendar,
+            )
+            self._channels[channel.id] = channel
+            calendar.channels.append(channel.id)
+            self._push(channel, "sync")
+            return json.dumps(channel.resource()).encode()
+
+    def _channels_stop(
+        self, user: FakeUser, _params: dict, _query: dict, record: RecordedRequest
+    ) -> None:
+        """204; 404 notFound for a channel unknown, already ended (stopped or expired), opened
+        by another user, or named with another resourceId."""
+        body = _json_object(record)
+        unknown = set(body) - CHANNEL_FIELDS
+        if unknown:
+            raise ApiError(
+                400, "badRequest", f"Unknown channel field(s): {', '.join(sorted(unknown))}"
+            )
+        for name in ("id", "resourceId"):
+            if not isinstance(body.get(name), str) or not body[name]:
+                raise ApiError(400, "required", f"Required: {name}")
+        with self._lock:
+            channel = self._channels.get(body["id"])
+            if (
+                channel is None
+                or not channel.live
+                or channel.user != user.email
+                or channel.resource_id != body["resourceId"]
+            ):
+                raise ApiError(
+                    404,
+                    "notFound",
+                    f"Channel '{body['id']}' not found for project '{self.project_number}'",
+                )
+            channel.stopped = True
+            self._end_channel(channel)
+        return None
+
+    def _end_channel(self, channel: FakeChannel) -> None:
+        """A stopped or expired channel: off its calendar, and what waited for it dropped."""
+        if channel.calendar is not None and channel.id in channel.calendar.channels:
+            channel.calendar.channels.remove(channel.id)
+        outbox = self._outbox.get(channel.id)
+        if outbox:
+            outbox.clear()
+            self._push_changed.notify_all()
+
+    def _changed(self, calendar: FakeCalendar) -> None:
+        """An event of the calendar changed: an `exists` message for each of its live channels."""
+        with self._lock:
+            for channel_id in list(calendar.channels):
+                channel = self._channels[channel_id]
+                if channel.live:
+                    self._push(channel, "exists")
+                else:  # expired since
+                    self._end_channel(channel)
+
+    def _push(self, channel: FakeChannel, state: str) -> None:
+        """Queue a message for the channel (under the lock; sent by a sender thread). An `exists`
+        still waiting covers the changes made meanwhile: Google batches them too."""
+        if self._push_closed:
+            return
+        outbox = self._outbox.setdefault(channel.id, collections.deque())
+        if state == "exists" and outbox and outbox[-1] == "exists":
+            return
+        outbox.append(state)
+        if channel.id in self._delivering:
+            return  # its sender takes it next
+        self._delivering.add(channel.id)
+        if self._push_ready is None:
+            self._push_ready = queue.SimpleQueue()
+        if not self._push_threads:
+            for number in range(PUSH_WORKERS):
+                thread = threading.Thread(
+                    target=self._push_sender,
+                    args=(self._push_ready,),
+                    name=f"fake-google-push-{number}",
+                    daemon=True,
+                )
+                thread.start()
+                self._push_threads.append(thread)
+        self._push_ready.put(channel.id)
+
+    def _push_sender(self, ready: queue.SimpleQueue) -> None:
+        while True:
+            channel_id = ready.get()
+            if channel_id is None:
+                return
+            self._deliver(channel_id)
+
+    def _deliver(self, channel_id: str) -> None:
+        """Send what waits for one channel, in order, POSTing without holding the lock."""
+        while True:
+            with self._lock:
+                channel = self._channels[channel_id]
+                outbox = self._outbox[channel_id]
+                if not outbox or not channel.live or self._push_closed:
+                    outbox.clear()
+                    self._delivering.discard(channel_id)
+                    self._push_changed.notify_all()
+                    return
+                state = outbox.popleft()
+                channel.messages += 1
+                number = channel.messages
+                headers = channel.headers(state, number)
+                sent = copy.copy(channel)
+            started = time.time()
+            status, error = _post_notification(sent.address, headers, PUSH_TIMEOUT)
+            with self._lock:
+                self._sent.append(
+                    PushNotification(
+                        at=started,
+                        channel_id=channel_id,
+                        user=sent.user,
+                        calendar_id=sent.calendar_id,
+                        address=sent.address,
+                        state=state,
+                        number=number,
+                        headers=headers,
+                        status=status,
+                        error=error,
+                        duration=time.time() - started,
+                    )
+                )
+                self._push_changed.notify_all()
+
     def _store_body(self, calendar: FakeCalendar, resource: dict) -> bytes:
         self._store(calendar, resource)
         return calendar.events[resource["id"]].body
@@ -1435,6 +1843,111 @@ class FakeGoogle:
             "scope": scope,
             "token_type": "Bearer",
         }
+
+
+def _channel_request(body: dict) -> dict:
+    """The channel an events.watch body asks for, checked as Google checks it (400s)."""
+    unknown = set(body) - CHANNEL_FIELDS
+    if unknown:
+        raise ApiError(400, "badRequest", f"Unknown channel field(s): {', '.join(sorted(unknown))}")
+    channel_id = body.get("id")
+    if channel_id is None or channel_id == "":
+        raise ApiError(400, "required", "Required: channel.id")
+    if (
+        not isinstance(channel_id, str)
+        or len(channel_id) > CHANNEL_ID_MAX
+        or not CHANNEL_ID.fullmatch(channel_id)
+    ):
+        raise ApiError(400, "push.channelIdInvalid")
+    kind = body.get("type")
+    if kind is None or kind == "":
+        raise ApiError(400, "required", "Required: channel.type")
+    if kind not in CHANNEL_TYPES:
+        raise ApiError(
+            400, "push.channelTypeNotSupported", f"Channel type '{kind}' is not supported."
+        )
+    address = body.get("address")
+    parts = urlsplit(address) if isinstance(address, str) else None
+    try:
+        host = parts.hostname if parts and parts.port != 0 else None  # .port: ValueError if bad
+    except ValueError:
+        host = None
+    if not host or parts.scheme not in ("http", "https"):
+        raise ApiError(
+            400,
+            "push.webhookUrlNoHostOrAddress",
+            f"WebHook callback must contain a valid URL: {address}",
+        )
+    if parts.scheme != "https" and not _loopback(host):
+        # Google delivers over HTTPS only; this fake also to plain HTTP on a loopback address.
+        raise ApiError(400, "push.webhookUrlNotHttps", f"WebHook callback must be HTTPS: {address}")
+    token = body.get("token")
+    if token is not None and (not isinstance(token, str) or len(token) > CHANNEL_TOKEN_MAX):
+        raise ApiError(400, "invalid", "Invalid channel token.")
+    if body.get("payload"):
+        raise ApiError(400, "badRequest", "Not supported by this fake: payload")
+    params = body.get("params") or {}
+    if not isinstance(params, dict):
+        raise ApiError(400, "invalid", "Invalid channel params.")
+    unsupported = set(params) - {"ttl"}
+    if unsupported:
+        raise ApiError(
+            400,
+            "badRequest",
+            f"Not supported by this fake: channel params {', '.join(sorted(unsupported))}",
+        )
+    ttl = None
+    if "ttl" in params:
+        try:
+            ttl = int(params["ttl"])
+        except (TypeError, ValueError):
+            ttl = 0
+        if isinstance(params["ttl"], bool) or ttl <= 0:
+            raise ApiError(400, "invalid", "Invalid value for params.ttl")
+    expiration = body.get("expiration")
+    if expiration is not None:
+        try:
+            expiration = int(expiration)
+        except (TypeError, ValueError):
+            raise ApiError(400, "invalid", "Invalid channel expiration.") from None
+    return {
+        "id": channel_id,
+        "address": address,
+        "token": token,
+        "ttl": ttl,
+        "expiration": expiration,
+        "params": {k: str(v) for k, v in params.items()},
+    }
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _post_notification(
+    address: str, headers: dict[str, str], timeout: float
+) -> tuple[int | None, str]:
+    """POST an empty notification; the receiver's status, or None and what went wrong."""
+    parts = urlsplit(address)
+    connection_class = (
+        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    )
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    connection = connection_class(parts.hostname, parts.port, timeout=timeout)
+    try:
+        connection.request("POST", target, body=b"", headers=headers)
+        response = connection.getresponse()
+        response.read()
+        return response.status, ""
+    except (OSError, http.client.HTTPException) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    finally:
+        connection.close()
 
 
 def _int(query: dict, name: str, default: int, minimum: int) -> int:

@@ -13,6 +13,7 @@ MIGRATIONS = (
     "sync.migrations.0003_periodic_resync",
     "sync.migrations.0007_reaper_schedule",
     "sync.migrations.0010_prune_event_changes_schedule",
+    "sync.migrations.0013_maintain_channels_schedule",
 )
 
 

@@ -297,6 +297,40 @@ class GoogleProvider(Provider):
             href=item.id, etag=item.etag, events=(event,), raw=str(raw, "utf-8")
         ), item
 
+    # --- push (events.watch) ------------------------------------------------------------------
+    supports_push = True
+
+    def watch(
+        self, calendar_id: str, *, channel_id: str, token: str, address: str, ttl_seconds: int
+    ) -> tuple[str, dt.datetime]:
+        body = {
+            "id": channel_id,
+            "type": "web_hook",
+            "address": address,
+            "token": token,
+            "params": {"ttl": str(ttl_seconds)},
+        }
+        raw = self._execute(
+            self.service.events().watch(calendarId=calendar_id, body=body),
+            what="the calendar's changes",
+            decoder=RAW,
+            action="watch",
+        )
+        channel = json.loads(bytes(raw))
+        expires = dt.datetime.fromtimestamp(int(channel["expiration"]) / 1000, tz=UTC)
+        return str(channel["resourceId"]), expires
+
+    def unwatch(self, *, channel_id: str, resource_id: str) -> None:
+        try:
+            self._execute(
+                self.service.channels().stop(body={"id": channel_id, "resourceId": resource_id}),
+                what="a push channel",
+                decoder=None,
+                action="stop",
+            )
+        except NotFound:
+            return  # expired or stopped already
+
     # --- discovery --------------------------------------------------------------------------
     def discover(self) -> list[RemoteCalendar]:
         calendars = []
