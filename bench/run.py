@@ -48,7 +48,7 @@ def _delete_queues(broker_url: str, prefix: str) -> None:
 
     with Connection(broker_url) as conn:
         channel = conn.default_channel
-        for name in (f"{prefix}.sync", f"{prefix}.maintenance"):
+        for name in (f"{prefix}.sync", f"{prefix}.maintenance", f"{prefix}.webhooks"):
             channel.queue_delete(name)
             channel.exchange_delete(name)
 

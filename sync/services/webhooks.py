@@ -138,7 +138,8 @@ def delivery_send(*, delivery_id: str) -> str:
         if not error:
             delivery.state, delivery.delivered_at = WebhookDelivery.State.DELIVERED, now
             delivery.save(update_fields=["state", "delivered_at", "attempts"])
-            Webhook.objects.filter(pk=webhook.pk).update(failing_since=None)
+            if webhook.failing_since is not None:
+                Webhook.objects.filter(pk=webhook.pk).update(failing_since=None)
             return delivery.state
         delivery.save(update_fields=["attempts"])
         if webhook.failing_since is None:
