@@ -127,12 +127,18 @@ def event_delete(*, event: Event, recurrence_id: str = "") -> None:
     with transaction.atomic():
         account = _lock_account(calendar)
         event = _current(event)
+        master = None
         if event.recurrence_id and recurrence_id in ("", event.recurrence_id):
-            # An override row: cancel its occurrence of the series.
-            recurrence_id = event.recurrence_id
-            event = Event.objects.select_for_update().get(
-                calendar=calendar, uid=event.uid, recurrence_id=""
+            # An override row: cancel its occurrence of the series (if the series is stored).
+            master = (
+                Event.objects.select_for_update()
+                .filter(calendar=calendar, uid=event.uid, recurrence_id="", deleting=False)
+                .first()
             )
+        if master is not None:
+            recurrence_id, event = event.recurrence_id, master
+        elif event.recurrence_id:  # its series is not stored: the row goes as it is
+            recurrence_id = ""
         change = _change(event, "delete", _merged(event, {}), recurrence_id=recurrence_id)
         if recurrence_id:
             _occurrence_row(event, recurrence_id)  # it must be one of the series
