@@ -146,27 +146,41 @@ def window_params(request):
     return start, end
 
 
-def encode_cursor(key: selectors.OccurrenceKey) -> str:
-    start, event_id, recurrence_id = key
-    text = json.dumps([start.isoformat(), event_id, recurrence_id])
-    return base64.urlsafe_b64encode(text.encode()).decode()
+def encode_token(values: list) -> str:
+    """An opaque cursor: the values, as URL-safe base64 of their JSON."""
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode()
 
 
-def cursor_param(request) -> selectors.OccurrenceKey | None:
-    """The `cursor` of a window's next page: where the previous page stopped."""
+def token_param(request, parse, *, what: str):
+    """The `cursor` query parameter read back by `parse(values)` (which raises ValueError or
+    TypeError for values it does not accept); None without one; a 400 for anything else."""
     value = request.query_params.get("cursor")
     if value in (None, ""):
         return None
     try:
-        start, event_id, recurrence_id = json.loads(base64.urlsafe_b64decode(value.encode()))
-        start = parse_datetime(start)
-        if start is None or start.tzinfo is None or type(event_id) is not int:
-            raise ValueError
-        return start, event_id, str(recurrence_id)
+        return parse(json.loads(base64.urlsafe_b64decode(value.encode())))
     except (ValueError, TypeError, binascii.Error):  # JSONDecodeError is a ValueError
         raise ValidationError(
-            {"cursor": ["Not a cursor this listing gave out; start again without one."]}
+            {"cursor": [f"Not a cursor this {what} gave out; start again without one."]}
         ) from None
+
+
+def encode_cursor(key: selectors.OccurrenceKey) -> str:
+    start, event_id, recurrence_id = key
+    return encode_token([start.isoformat(), event_id, recurrence_id])
+
+
+def _occurrence_key(values) -> selectors.OccurrenceKey:
+    start, event_id, recurrence_id = values
+    start = parse_datetime(start)
+    if start is None or start.tzinfo is None or type(event_id) is not int:
+        raise ValueError
+    return start, event_id, str(recurrence_id)
+
+
+def cursor_param(request) -> selectors.OccurrenceKey | None:
+    """The `cursor` of a window's next page: where the previous page stopped."""
+    return token_param(request, _occurrence_key, what="listing")
 
 
 class EventReadThrottle(UserRateThrottle):
@@ -247,7 +261,7 @@ class CursorGone(APIException):
 
 
 def encode_feed_cursor(cursor: selectors.FeedCursor) -> str:
-    text = json.dumps(
+    return encode_token(
         [
             cursor.snapshot,
             cursor.txid,
@@ -256,31 +270,20 @@ def encode_feed_cursor(cursor: selectors.FeedCursor) -> str:
             cursor.after_event,
         ]
     )
-    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def _feed_cursor(values) -> selectors.FeedCursor:
+    snapshot, txid, change, read_up_to, after = values
+    read_up_to = parse_datetime(read_up_to)
+    if read_up_to is None or not all(type(n) is int for n in (txid, change, after)):
+        raise ValueError
+    return selectors.FeedCursor(
+        snapshot=bool(snapshot), txid=txid, change=change, read_up_to=read_up_to, after_event=after
+    )
 
 
 def feed_cursor_param(request) -> selectors.FeedCursor | None:
-    value = request.query_params.get("cursor")
-    if value in (None, ""):
-        return None
-    try:
-        snapshot, txid, change, read_up_to, after = json.loads(
-            base64.urlsafe_b64decode(value.encode())
-        )
-        read_up_to = parse_datetime(read_up_to)
-        if read_up_to is None or not all(type(n) is int for n in (txid, change, after)):
-            raise ValueError
-        return selectors.FeedCursor(
-            snapshot=bool(snapshot),
-            txid=txid,
-            change=change,
-            read_up_to=read_up_to,
-            after_event=after,
-        )
-    except (ValueError, TypeError, binascii.Error):
-        raise ValidationError(
-            {"cursor": ["Not a cursor this feed gave out; start again without one."]}
-        ) from None
+    return token_param(request, _feed_cursor, what="feed")
 
 
 class ChangeFeedView(APIView):
