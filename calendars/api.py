@@ -22,6 +22,7 @@ from rest_framework.throttling import UserRateThrottle
 from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
+from calendars import changes as feed
 from calendars import selectors
 from calendars.models import Calendar, Event
 
@@ -260,7 +261,7 @@ class CursorGone(APIException):
     default_code = "cursor_expired"
 
 
-def encode_feed_cursor(cursor: selectors.FeedCursor) -> str:
+def encode_feed_cursor(cursor: feed.FeedCursor) -> str:
     return encode_token(
         [
             cursor.snapshot,
@@ -272,17 +273,17 @@ def encode_feed_cursor(cursor: selectors.FeedCursor) -> str:
     )
 
 
-def _feed_cursor(values) -> selectors.FeedCursor:
+def _feed_cursor(values) -> feed.FeedCursor:
     snapshot, txid, change, read_up_to, after = values
     read_up_to = parse_datetime(read_up_to)
     if read_up_to is None or not all(type(n) is int for n in (txid, change, after)):
         raise ValueError
-    return selectors.FeedCursor(
+    return feed.FeedCursor(
         snapshot=bool(snapshot), txid=txid, change=change, read_up_to=read_up_to, after_event=after
     )
 
 
-def feed_cursor_param(request) -> selectors.FeedCursor | None:
+def feed_cursor_param(request) -> feed.FeedCursor | None:
     return token_param(request, _feed_cursor, what="feed")
 
 
@@ -314,10 +315,10 @@ class ChangeFeedView(APIView):
         if not 1 <= limit <= self.MAX_LIMIT:
             raise ValidationError({"limit": [f"Between 1 and {self.MAX_LIMIT}."]})
         try:
-            page = selectors.changes_for_user(
+            page = feed.changes_for_user(
                 user=request.user, cursor=feed_cursor_param(request), limit=limit
             )
-        except selectors.CursorExpired:
+        except feed.CursorExpired:
             raise CursorGone(
                 f"This cursor is older than the kept history "
                 f"({settings.CALY_CHANGES_RETENTION_DAYS} days); start again without one."

@@ -138,7 +138,7 @@ class EventChange(models.Model):
     path that stores events can forget it: every insert and update is an upsert, every
     deletion (and an event being deleted through Caly) a delete, kept as a tombstone for
     CALY_CHANGES_RETENTION_DAYS. `txid` is the writing transaction's id: the feed hands out
-    only changes of transactions older than every one still running (`calendars.selectors.
+    only changes of transactions older than every one still running (`calendars.changes.
     changes_for_user`), so a change that commits after a reader took its cursor is never skipped.
     """
 

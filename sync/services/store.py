@@ -188,7 +188,7 @@ def _skip_oversized(batch: ChangeBatch) -> None:
 
 def event_changes_prune() -> int:
     """Forget changes (tombstones included) older than CALY_CHANGES_RETENTION_DAYS; a feed
-    cursor from before then is answered 410 (`calendars.selectors.changes_for_user`)."""
+    cursor from before then is answered 410 (`calendars.changes.changes_for_user`)."""
     horizon = timezone.now() - dt.timedelta(days=settings.CALY_CHANGES_RETENTION_DAYS)
     deleted, _ = EventChange.objects.filter(created_at__lt=horizon).delete()
     return deleted

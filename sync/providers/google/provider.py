@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
 import time
 from collections import defaultdict
@@ -38,20 +37,16 @@ from sync.providers.base import (
     ProviderError,
     StoredEtags,
     TransientError,
-    WriteConflict,
 )
-from sync.providers.google import writing
+from sync.providers.google import push, writing
 from sync.providers.google.errors import (
     RECONNECT,
-    Duplicate,
     NotFound,
-    PreconditionFailed,
     SyncTokenExpired,
     provider_error,
     refresh_failure,
 )
 from sync.providers.google.events import (
-    GoogleEvent,
     calendar_pages,
     event_from_google,
     event_pages,
@@ -87,7 +82,6 @@ INLINE_BACKOFF_SECONDS = 1.0
 RETRY_AFTER_SPREAD = 0.25  # requests told the same Retry-After do not all return at once
 
 UTC = dt.UTC
-RAW = msgspec.json.Decoder(msgspec.Raw)  # an answer kept as Google sent it
 
 
 # --- access tokens ----------------------------------------------------------------------------
@@ -236,100 +230,23 @@ class GoogleProvider(Provider):
             time.sleep(wait)
         raise AssertionError("unreachable")
 
-    # --- writing back ------------------------------------------------------------------------
+    # --- writing back (writing.py) and push (push.py) ------------------------------------------
+    supports_push = True
+
     @classmethod
     def encode_write(cls, change: LocalChange) -> OutgoingWrite:
         return writing.encode_write(change)
 
     def write(self, write: OutgoingWrite, *, calendar_id: str, etag: str) -> RemoteObject | None:
-        """events.insert, events.patch or events.delete (If-Match: `etag`) of one event."""
-        events = self.service.events()
-        what = "the event"
-        try:
-            if write.kind == "create":
-                body = json.loads(write.body)
-                request = events.insert(calendarId=calendar_id, body=body)
-            elif write.kind == "update":
-                body = json.loads(write.body)
-                request = events.patch(calendarId=calendar_id, eventId=write.href, body=body)
-            else:
-                request = events.delete(calendarId=calendar_id, eventId=write.href)
-            if etag and write.kind != "create":
-                request.headers["If-Match"] = etag
-            decoder = None if write.kind == "delete" else RAW
-            raw = self._execute(request, what=what, decoder=decoder, action="change")
-        except NotFound:
-            if write.kind == "delete":
-                return None  # gone already, by this write before its worker died or otherwise
-            raise WriteConflict("The event was deleted on Google.", current=None) from None
-        except (PreconditionFailed, Duplicate):
-            current = self._current(calendar_id, write.href)
-            if current is not None and writing.is_own(current[1].extended_properties, write.marker):
-                return current[0]  # this very write, sent before its worker died
-            if write.kind == "create":  # someone else's event under the id Caly chose
-                raise ProviderError(f"Google has another event with the id {write.href}.") from None
-            raise WriteConflict(
-                "The event was changed on Google since Caly last read it.",
-                current=current[0] if current is not None else None,
-            ) from None
-        if raw is None:
-            return None
-        return self._object(raw)[0]
-
-    def _current(self, calendar_id: str, event_id: str) -> tuple[RemoteObject, GoogleEvent] | None:
-        try:
-            raw = self._execute(
-                self.service.events().get(calendarId=calendar_id, eventId=event_id),
-                what="the event",
-                decoder=RAW,
-            )
-        except NotFound:
-            return None
-        found, item = self._object(raw)
-        return None if item.status == "cancelled" else (found, item)
-
-    @staticmethod
-    def _object(raw: msgspec.Raw) -> tuple[RemoteObject, GoogleEvent]:
-        """An event resource as Google sent it, with Caly's reading of it."""
-        item = events_decoder.decode(raw)
-        event = event_from_google(item, uid=item.ical_uid)
-        return RemoteObject(
-            href=item.id, etag=item.etag, events=(event,), raw=str(raw, "utf-8")
-        ), item
-
-    # --- push (events.watch) ------------------------------------------------------------------
-    supports_push = True
-
-    def watch(
-        self, calendar_id: str, *, channel_id: str, token: str, address: str, ttl_seconds: int
-    ) -> tuple[str, dt.datetime]:
-        body = {
-            "id": channel_id,
-            "type": "web_hook",
-            "address": address,
-            "token": token,
-            "params": {"ttl": str(ttl_seconds)},
-        }
-        raw = self._execute(
-            self.service.events().watch(calendarId=calendar_id, body=body),
-            what="the calendar's changes",
-            decoder=RAW,
-            action="watch",
+        return writing.send_write(
+            self._execute, self.service, write, calendar_id=calendar_id, etag=etag
         )
-        channel = json.loads(bytes(raw))
-        expires = dt.datetime.fromtimestamp(int(channel["expiration"]) / 1000, tz=UTC)
-        return str(channel["resourceId"]), expires
+
+    def watch(self, calendar_id: str, **channel) -> tuple[str, dt.datetime]:
+        return push.watch(self._execute, self.service, calendar_id, **channel)
 
     def unwatch(self, *, channel_id: str, resource_id: str) -> None:
-        try:
-            self._execute(
-                self.service.channels().stop(body={"id": channel_id, "resourceId": resource_id}),
-                what="a push channel",
-                decoder=None,
-                action="stop",
-            )
-        except NotFound:
-            return  # expired or stopped already
+        push.unwatch(self._execute, self.service, channel_id=channel_id, resource_id=resource_id)
 
     # --- discovery --------------------------------------------------------------------------
     def discover(self) -> list[RemoteCalendar]:

@@ -1,14 +1,23 @@
 """What Caly sends Google for a change made through it: the body of events.insert (with an event
 id Caly chose, so that an insert sent twice is a 409, not a second event) or events.patch (only
-the fields the user changed), and which event (or instance of a series) it is about."""
+the fields the user changed), which event (or instance of a series) it is about; and sending it
+with If-Match (`send_write`, through the provider's `execute` and client `service`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
+
+import msgspec
 
 from calendars.timezones import zone_named
-from sync.remote import EventValues, LocalChange, OutgoingWrite
+from sync.providers.base import ProviderError, WriteConflict
+from sync.providers.google.errors import Duplicate, NotFound, PreconditionFailed
+from sync.providers.google.events import GoogleEvent, event_from_google, events_decoder
+from sync.remote import EventValues, LocalChange, OutgoingWrite, RemoteObject
+
+RAW = msgspec.json.Decoder(msgspec.Raw)  # an answer kept as Google sent it
 
 # Written into every insert and patch, so that a write sent again after its worker died
 # recognises itself on the server (`GoogleEvent.marker`).
@@ -86,3 +95,61 @@ def _fields(names: set[str], values: EventValues, *, patch: bool = True) -> dict
 
 def is_own(extended: dict | None, marker: str) -> bool:
     return ((extended or {}).get("private") or {}).get(MARKER) == marker
+
+
+# --- sending ----------------------------------------------------------------------------------
+def send_write(
+    execute: Callable, service, write: OutgoingWrite, *, calendar_id: str, etag: str
+) -> RemoteObject | None:
+    """events.insert, events.patch or events.delete (If-Match: `etag`) of one event."""
+    events = service.events()
+    try:
+        if write.kind == "create":
+            request = events.insert(calendarId=calendar_id, body=json.loads(write.body))
+        elif write.kind == "update":
+            body = json.loads(write.body)
+            request = events.patch(calendarId=calendar_id, eventId=write.href, body=body)
+        else:
+            request = events.delete(calendarId=calendar_id, eventId=write.href)
+        if etag and write.kind != "create":
+            request.headers["If-Match"] = etag
+        decoder = None if write.kind == "delete" else RAW
+        raw = execute(request, what="the event", decoder=decoder, action="change")
+    except NotFound:
+        if write.kind == "delete":
+            return None  # gone already, by this write before its worker died or otherwise
+        raise WriteConflict("The event was deleted on Google.", current=None) from None
+    except (PreconditionFailed, Duplicate):
+        current = _current(execute, service, calendar_id, write.href)
+        if current is not None and is_own(current[1].extended_properties, write.marker):
+            return current[0]  # this very write, sent before its worker died
+        if write.kind == "create":  # someone else's event under the id Caly chose
+            raise ProviderError(f"Google has another event with the id {write.href}.") from None
+        raise WriteConflict(
+            "The event was changed on Google since Caly last read it.",
+            current=current[0] if current is not None else None,
+        ) from None
+    return None if raw is None else _object(raw)[0]
+
+
+def _current(
+    execute: Callable, service, calendar_id: str, event_id: str
+) -> tuple[RemoteObject, GoogleEvent] | None:
+    try:
+        raw = execute(
+            service.events().get(calendarId=calendar_id, eventId=event_id),
+            what="the event",
+            decoder=RAW,
+        )
+    except NotFound:
+        return None
+    found, item = _object(raw)
+    return None if item.status == "cancelled" else (found, item)
+
+
+def _object(raw: msgspec.Raw) -> tuple[RemoteObject, GoogleEvent]:
+    """An event resource as Google sent it, with Caly's reading of it."""
+    item = events_decoder.decode(raw)
+    event = event_from_google(item, uid=item.ical_uid)
+    found = RemoteObject(href=item.id, etag=item.etag, events=(event,), raw=str(raw, "utf-8"))
+    return found, item
