@@ -3,8 +3,8 @@
 `scrub(text)` removes what looks like a credential: the userinfo of URLs
 (`https://me:pw@host` → `https://***@host`), `Authorization` header values, `password=…`,
 `token: …` and similar pairs, Fernet tokens (encrypted credentials), the secret of a private
-feed URL (`/feeds/<secret>.ics` → `/feeds/***`, in access logs and "Not Found" lines), and any exact secret the
-caller passes. `ScrubFilter` applies it to every log record, traceback included.
+feed's URL (`/feeds/<secret>.ics` → `/feeds/***`: access logs, "Not Found" lines), and any exact
+secret the caller passes. `ScrubFilter` applies it to every log record, traceback included.
 """
 
 from __future__ import annotations
