@@ -557,7 +557,7 @@ def feed_for_secret(*, secret: str) -> Feed | None:
 
 
 def feed_version(*, feed: Feed) -> FeedVersion:
-    """The feed's ETag and Last-Modified, from a count and two maxima rather than the feed.
+    """The feed's ETag and Last-Modified, from counts and maxima rather than the feed.
 
     Every insert, update and deletion of an event is in the change log (the database writes it,
     `EventChange`), including updates that leave `updated_at` alone, so its latest entry moves
@@ -567,8 +567,10 @@ def feed_version(*, feed: Feed) -> FeedVersion:
     rows = Event.objects.filter(calendar_id__in=ids, deleting=False).aggregate(
         count=Count("id"), updated=Max("updated_at")
     )
+    # With the count: a change whose transaction began first and committed last (a lower id
+    # than the latest seen) still moves the ETag.
     log = EventChange.objects.filter(owner_id=feed.owner_id, calendar_id__in=ids).aggregate(
-        last=Max("id"), at=Max("created_at")
+        count=Count("id"), last=Max("id"), at=Max("created_at")
     )
     state = [
         FEED_FORMAT,
@@ -576,6 +578,7 @@ def feed_version(*, feed: Feed) -> FeedVersion:
         [(c.pk, c.name, c.timezone) for c in feed.calendars],
         rows["count"],
         rows["updated"].isoformat() if rows["updated"] else None,
+        log["count"],
         log["last"],
     ]
     digest = hashlib.sha256(json.dumps(state).encode()).hexdigest()[:32]
