@@ -1,10 +1,12 @@
-"""Read API for calendars and events (and the `selected` switch of a calendar)."""
+"""Read API for calendars and events (and the `selected` switch of a calendar), the URLs of the
+private iCalendar feeds and their rotation."""
 
 import base64
 import binascii
 import json
 
 from django.conf import settings
+from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -14,6 +16,7 @@ from drf_spectacular.utils import (
     inline_serializer,
 )
 from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.response import Response
@@ -22,13 +25,18 @@ from rest_framework.throttling import UserRateThrottle
 from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
-from calendars import changes as feed
-from calendars import selectors
+from calendars import changes as change_feed
+from calendars import selectors, services
+from calendars.feeds import feed_url
 from calendars.models import Calendar, Event
 
 
 class CalendarSerializer(serializers.ModelSerializer):
     url = serializers.CharField(source="remote_id", read_only=True)
+    feed_url = serializers.SerializerMethodField(
+        help_text="The calendar's private iCalendar feed, readable without a login by whoever "
+        "has the URL; POST rotate-feed/ replaces it."
+    )
 
     class Meta:
         model = Calendar
@@ -43,8 +51,16 @@ class CalendarSerializer(serializers.ModelSerializer):
             "writable",
             "last_synced_at",
             "missing_since",
+            "feed_url",
         ]
         read_only_fields = [f for f in fields if f != "selected"]
+
+    def get_feed_url(self, obj) -> str:
+        secret = services.calendar_feed_secret(calendar=obj)
+        request = self.context.get("request")
+        if request is None:
+            return reverse("calendar-feed", kwargs={"secret": secret})
+        return feed_url(request, secret)
 
     def update(self, instance, validated_data):
         # Only what the request changes: a sync may be storing this calendar's sync token or
@@ -110,6 +126,14 @@ def datetime_param(request, name: str):
     return parsed
 
 
+class FeedURLSerializer(serializers.Serializer):
+    url = serializers.URLField(read_only=True)
+
+
+class CalendarFeedRotatedSerializer(FeedURLSerializer):
+    feed_url = serializers.URLField(read_only=True)
+
+
 @extend_schema_view(
     list=extend_schema(parameters=[OpenApiParameter("account", OpenApiTypes.INT)]),
 )
@@ -122,12 +146,24 @@ class CalendarViewSet(
     serializer_class = CalendarSerializer
     # The model, for the schema generator (it has no user to scope get_queryset to).
     queryset = Calendar.objects.none()
-    http_method_names = ["get", "patch", "head", "options"]
+    http_method_names = ["get", "patch", "post", "head", "options"]
 
     def get_queryset(self):
         return selectors.calendars_for_user(
             user=self.request.user, account_id=int_param(self.request, "account")
         )
+
+    @extend_schema(
+        request=None,
+        responses={200: CalendarFeedRotatedSerializer},
+        description="Replaces the calendar's feed secret: the old feed URL answers 404 from now "
+        "on. Answers the new URL, as `url` (like /api/feed/rotate/) and as `feed_url`.",
+    )
+    @action(detail=True, methods=["post"], url_path="rotate-feed")
+    def rotate_feed(self, request, pk=None):
+        calendar = self.get_object()
+        url = feed_url(request, services.calendar_feed_rotate(calendar=calendar))
+        return Response({"url": url, "feed_url": url})
 
 
 def window_params(request):
@@ -255,13 +291,30 @@ class EventViewSet(viewsets.ReadOnlyModelViewSet):
         return Response({"next": next_url, "results": self.get_serializer(page, many=True).data})
 
 
+# --- the merged iCalendar feed -----------------------------------------------------------
+class UserFeedView(APIView):
+    """`GET /api/feed/`: the URL of the user's merged feed, every selected calendar in one."""
+
+    @extend_schema(responses={200: FeedURLSerializer})
+    def get(self, request):
+        return Response({"url": feed_url(request, services.user_feed_secret(user=request.user))})
+
+
+class UserFeedRotateView(APIView):
+    """`POST /api/feed/rotate/`: a new secret for the merged feed; the old URL answers 404."""
+
+    @extend_schema(request=None, responses={200: FeedURLSerializer})
+    def post(self, request):
+        return Response({"url": feed_url(request, services.user_feed_rotate(user=request.user))})
+
+
 # --- the change feed ------------------------------------------------------------------------
 class CursorGone(APIException):
     status_code = status.HTTP_410_GONE
     default_code = "cursor_expired"
 
 
-def encode_feed_cursor(cursor: feed.FeedCursor) -> str:
+def encode_feed_cursor(cursor: change_feed.FeedCursor) -> str:
     return encode_token(
         [
             cursor.snapshot,
@@ -273,17 +326,17 @@ def encode_feed_cursor(cursor: feed.FeedCursor) -> str:
     )
 
 
-def _feed_cursor(values) -> feed.FeedCursor:
+def _feed_cursor(values) -> change_feed.FeedCursor:
     snapshot, txid, change, read_up_to, after = values
     read_up_to = parse_datetime(read_up_to)
     if read_up_to is None or not all(type(n) is int for n in (txid, change, after)):
         raise ValueError
-    return feed.FeedCursor(
+    return change_feed.FeedCursor(
         snapshot=bool(snapshot), txid=txid, change=change, read_up_to=read_up_to, after_event=after
     )
 
 
-def feed_cursor_param(request) -> feed.FeedCursor | None:
+def feed_cursor_param(request) -> change_feed.FeedCursor | None:
     return token_param(request, _feed_cursor, what="feed")
 
 
@@ -315,10 +368,10 @@ class ChangeFeedView(APIView):
         if not 1 <= limit <= self.MAX_LIMIT:
             raise ValidationError({"limit": [f"Between 1 and {self.MAX_LIMIT}."]})
         try:
-            page = feed.changes_for_user(
+            page = change_feed.changes_for_user(
                 user=request.user, cursor=feed_cursor_param(request), limit=limit
             )
-        except feed.CursorExpired:
+        except change_feed.CursorExpired:
             raise CursorGone(
                 f"This cursor is older than the kept history "
                 f"({settings.CALY_CHANGES_RETENTION_DAYS} days); start again without one."

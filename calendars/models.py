@@ -61,6 +61,12 @@ class Calendar(models.Model):
     # When a sync first found the calendar missing from the server's list; the next sync that
     # does not find it either deletes it. Cleared when it is listed again.
     missing_since = models.DateTimeField(null=True, blank=True)
+    # The secret in the URL of the calendar's private iCalendar feed (/feeds/<secret>.ics); made
+    # when it is first asked for, replaced by rotating (calendars.services). Stored as it is:
+    # see UserFeed.
+    feed_secret = models.CharField(
+        max_length=64, unique=True, null=True, blank=True, editable=False
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -73,6 +79,26 @@ class Calendar(models.Model):
 
     def __str__(self):
         return self.name or self.remote_id
+
+
+class UserFeed(models.Model):
+    """The secret in the URL of a user's merged feed: every selected calendar of theirs in one.
+
+    Feed secrets are bearer URLs kept as they are, not as digests: the API shows a feed's URL on
+    every read (`feed_url`), so Caly must be able to give it again, and what a secret unlocks
+    (the stored events) lies in this same database, so a reader of the table gains nothing a
+    digest would keep from them. They never appear in logs (caly.scrub removes /feeds/<secret>).
+    """
+
+    owner = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="calendar_feed"
+    )
+    secret = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"merged feed of user {self.owner_id}"
 
 
 class Event(models.Model):

@@ -252,7 +252,7 @@ def _series_calendar(master: Event, overrides: list[Event], *, zone) -> icalenda
         seen_hrefs.add(row.href)
         if not row.raw.lstrip().startswith("BEGIN:"):
             # Not iCalendar (Google keeps its event JSON): rebuild the VEVENT from the row.
-            combined.add_component(_vevent_from_row(row))
+            combined.add_component(vevent_from_row(row))
             continue
         source = icalendar.Calendar.from_ical(row.raw)
         zones = Zones(source, default=zone)
@@ -274,7 +274,7 @@ def _from_key(key: str) -> dt.date | dt.datetime:
     return dt.datetime.strptime(key, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
 
 
-def _vevent_from_row(row: Event) -> icalendar.Event:
+def vevent_from_row(row: Event) -> icalendar.Event:
     """The VEVENT a stored row stands for, with times in the event's own zone so that a rule
     keeps its wall-clock time across daylight-saving changes."""
     zone = zone_named(row.timezone)

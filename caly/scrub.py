@@ -2,8 +2,9 @@
 
 `scrub(text)` removes what looks like a credential: the userinfo of URLs
 (`https://me:pw@host` → `https://***@host`), `Authorization` header values, `password=…`,
-`token: …` and similar pairs, Fernet tokens (encrypted credentials), and any exact secret the
-caller passes. `ScrubFilter` applies it to every log record, traceback included.
+`token: …` and similar pairs, Fernet tokens (encrypted credentials), the secret of a private
+feed's URL (`/feeds/<secret>.ics` → `/feeds/***`: access logs, "Not Found" lines), and any exact
+secret the caller passes. `ScrubFilter` applies it to every log record, traceback included.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ _KEY_VALUE = re.compile(
 _FERNET_TOKEN = re.compile(r"gAAAAA[A-Za-z0-9_\-]{40,}={0,2}")
 # An OAuth authorization code in a callback URL's query (the web server's access log).
 _OAUTH_CODE = re.compile(r"(?P<head>[?&]code=)[^\s&#\"']+")
+# A private feed's URL is its own key (calendars.feeds).
+_FEED_SECRET = re.compile(r"(?P<head>/feeds/)[^/\s?#\"']+")
 
 
 def scrub(text: str, *, secrets: Iterable[str] = ()) -> str:
@@ -50,6 +53,7 @@ def scrub(text: str, *, secrets: Iterable[str] = ()) -> str:
     text = _AUTH_SCHEME.sub(rf"\g<head>{REDACTED}", text)
     text = _KEY_VALUE.sub(lambda m: m["head"] + REDACTED, text)
     text = _OAUTH_CODE.sub(rf"\g<head>{REDACTED}", text)
+    text = _FEED_SECRET.sub(rf"\g<head>{REDACTED}", text)
     return _FERNET_TOKEN.sub(REDACTED, text)
 
 

@@ -3,7 +3,8 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from calendars.api import CalendarViewSet, ChangeFeedView
+from calendars.api import CalendarViewSet, ChangeFeedView, UserFeedRotateView, UserFeedView
+from calendars.feeds import calendar_feed
 from sync.api import AccountViewSet, SyncViewSet
 from sync.events_api import EventViewSet
 from sync.webhooks_api import WebhookViewSet
@@ -20,7 +21,11 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/changes/", ChangeFeedView.as_view(), name="changes"),
+    path("api/feed/", UserFeedView.as_view(), name="feed"),
+    path("api/feed/rotate/", UserFeedRotateView.as_view(), name="feed-rotate"),
     path("api/", include(router.urls)),
+    # Private iCalendar feeds: no login, the secret in the URL is the key.
+    path("feeds/<str:secret>.ics", calendar_feed, name="calendar-feed"),
     path("", include("sync.urls")),
 ]
 

@@ -19,6 +19,7 @@ from django.conf import settings as django_settings
 from django.core.wsgi import get_wsgi_application
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
+from hypothesis.errors import Unsatisfiable
 from rest_framework.authtoken.models import Token
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -102,7 +103,14 @@ def test_the_api_survives_generated_requests(offline, owner_with_data):
                 response = case.call(headers=auth)
                 case.validate_response(response, checks=CHECKS, headers=auth)
 
-            exercise()
+            try:
+                exercise()
+            except Unsatisfiable:
+                # An operation that takes no parameters and no body (GET /api/feed/) has no
+                # invalid request to make.
+                if mode is GenerationMode.POSITIVE:
+                    raise
+                continue
             tried.append(f"{operation.method.upper()} {operation.path} {mode.value}")
     # Every operation was fuzzed at least in the positive mode within the budget.
     operations = {f"{op.ok().method.upper()} {op.ok().path}" for op in schema.get_all_operations()}

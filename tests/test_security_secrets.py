@@ -48,6 +48,8 @@ def _fast_password_hashing(settings):
         ('{"password": "hunter22", "name": "x"}', "hunter22"),
         ("stored gAAAAABpZ3N0b3JlZC1jcmVkZW50aWFscy1lbmNyeXB0ZWQtd2l0aA== ok", "gAAAAAB"),
         ('"GET /google/callback/?state=abc&code=4/0AeanS-secret HTTP/1.1" 302 0', "4/0AeanS"),
+        ('"GET /feeds/kV3x_Feed-Secret9.ics HTTP/1.1" 200 512', "kV3x_Feed-Secret9"),
+        ("Not Found: /feeds/kV3x_Feed-Secret9.ics", "kV3x_Feed-Secret9"),
     ],
 )
 def test_scrub_removes_credentials(text, secret_part):

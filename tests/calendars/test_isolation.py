@@ -49,6 +49,7 @@ BY_ID = [
     ("delete", "/api/accounts/{account}/", None),
     ("get", "/api/calendars/{calendar}/", None),
     ("patch", "/api/calendars/{calendar}/", {"selected": False}),
+    ("post", "/api/calendars/{calendar}/rotate-feed/", None),
     ("get", "/api/events/{event}/", None),
     ("get", "/api/sync/{run}/", None),
 ]
@@ -79,7 +80,8 @@ def test_nothing_of_bobs_changed_or_went_away(alice_and_bob):
         _call(client, method, template.format(**bobs), body)
     account = Account.objects.get(pk=bobs["account"])
     assert (account.name, account.credentials) == ("bob's account", {})
-    assert Calendar.objects.get(pk=bobs["calendar"]).selected is True
+    calendar = Calendar.objects.get(pk=bobs["calendar"])
+    assert (calendar.selected, calendar.feed_secret) == (True, None)
     assert Event.objects.filter(pk=bobs["event"]).exists()
 
 
