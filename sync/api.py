@@ -49,8 +49,15 @@ class AccountCreateSerializer(serializers.Serializer):
         allow_blank=True,
         default="",
         validators=[netguard.validate_url],
+        help_text="CalDAV: the server root, a principal or a calendar home.",
     )
-    username = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+    username = serializers.CharField(
+        max_length=255,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="CalDAV, if the server needs one.",
+    )
     password = serializers.CharField(
         max_length=1000,
         required=False,
@@ -58,9 +65,16 @@ class AccountCreateSerializer(serializers.Serializer):
         default="",
         write_only=True,
         trim_whitespace=False,
+        style={"input_type": "password"},
+        help_text="CalDAV, if the server needs one; never shown again.",
     )
     refresh_token = serializers.CharField(
-        max_length=4000, required=False, default="", write_only=True
+        max_length=4000,
+        required=False,
+        default="",
+        write_only=True,
+        style={"input_type": "password"},
+        help_text="Google: an OAuth refresh token; never shown again.",
     )
 
     def validate(self, attrs):
@@ -117,8 +131,18 @@ class AccountViewSet(
     def get_queryset(self):
         return calendar_selectors.accounts_for_user(user=self.request.user)
 
+    def get_serializer_class(self):
+        # What a client sends, for the browsable API's forms and OPTIONS; answers are always
+        # AccountSerializer. By method, as OPTIONS describes POST without changing the action.
+        method = self.request.method if self.request is not None else "GET"
+        if method == "POST":
+            return AccountCreateSerializer
+        if method in ("PATCH", "PUT"):
+            return AccountUpdateSerializer
+        return AccountSerializer
+
     def create(self, request, *args, **kwargs):
-        incoming = AccountCreateSerializer(data=request.data)
+        incoming = AccountCreateSerializer(data=request.data, context=self.get_serializer_context())
         incoming.is_valid(raise_exception=True)
         data = incoming.validated_data
         try:
@@ -141,7 +165,7 @@ class AccountViewSet(
 
     def partial_update(self, request, *args, **kwargs):
         account = self.get_object()
-        incoming = AccountUpdateSerializer(data=request.data)
+        incoming = AccountUpdateSerializer(data=request.data, context=self.get_serializer_context())
         incoming.is_valid(raise_exception=True)
         data = dict(incoming.validated_data)
         credentials = {k: data.pop(k) for k in ("password", "refresh_token") if k in data}
