@@ -103,6 +103,8 @@ class AccountUpdateSerializer(serializers.Serializer):
 
 
 def _provider_error_to_400(exc: ProviderError, provider: str = "") -> ValidationError:
+    if isinstance(exc, services.AccountRefused):
+        return ValidationError({exc.field: [str(exc)]})
     if provider == Account.Provider.GOOGLE:
         field = "refresh_token" if isinstance(exc, AuthError) else "provider"
     else:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.utils import timezone
@@ -33,6 +35,69 @@ def account_home_url_check(*, home_url: str) -> None:
         )
 
 
+class AccountRefused(ConnectError):
+    """The account cannot be connected or changed as asked; `field` names the part of the
+    request that is the problem (the API answers 400 naming it)."""
+
+    def __init__(self, message: str, *, field: str):
+        super().__init__(message)
+        self.field = field
+
+
+def caldav_url_key(url: str) -> str:
+    """A CalDAV URL as compared for "the same server": scheme and host in lower case, the
+    default port and a trailing slash left out."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is not None and port != {"http": 80, "https": 443}.get(scheme):
+        host = f"{host}:{port}"
+    return urlunsplit((scheme, host, parts.path.rstrip("/"), parts.query, ""))
+
+
+def _already_connected(
+    *, owner_id: int, provider: str, url: str, username: str, exclude: int | None = None
+) -> None:
+    """Raise AccountRefused if `owner` has this account connected already: the same CalDAV
+    server and username, or the same Google address.
+
+    The caller holds the owner's row locked (`_lock_owner`), so two requests connecting the
+    same account at once cannot both pass.
+    """
+    others = Account.objects.filter(owner_id=owner_id, provider=provider).exclude(pk=exclude)
+    if provider == Account.Provider.GOOGLE:
+        if not username:
+            return
+        same = others.filter(username__iexact=username).order_by("pk").first()
+        if same is not None:
+            raise AccountRefused(
+                f"This Google account ({username}) is already connected as account "
+                f"{same.pk} (“{same.name}”).",
+                field="refresh_token",
+            )
+        return
+    key = caldav_url_key(url)
+    for same in others.filter(username=username).only("pk", "name", "url").order_by("pk"):
+        if caldav_url_key(same.url) == key:
+            raise AccountRefused(
+                f"This server and username are already connected as account {same.pk} "
+                f"(“{same.name}”).",
+                field="url",
+            )
+
+
+def _lock_owner(owner_id: int) -> None:
+    """Serialise connecting and changing one user's accounts: of two requests connecting the
+    same account at once, the second sees the first's row."""
+    list(get_user_model().objects.select_for_update().filter(pk=owner_id).values_list("pk"))
+
+
 def account_connect(
     *,
     owner,
@@ -44,22 +109,29 @@ def account_connect(
 ) -> Account:
     """Check the account against its server, then store it with its calendars.
 
-    Raises ProviderError subclasses (ConnectError, AuthError) before anything is written.
+    Raises ProviderError subclasses (ConnectError, AuthError) before anything is written;
+    AccountRefused if the owner has connected this account already (a CalDAV account before its
+    server is asked, a Google one once its address is known).
     """
+    if provider != Account.Provider.GOOGLE:
+        _already_connected(owner_id=owner.pk, provider=provider, url=url, username=username)
     client = provider_class(provider)(url=url, username=username, credentials=credentials)
     try:
         remote = client.discover()
     finally:
         client.close()
     account_home_url_check(home_url=client.home_url)
+    # Discovery may learn who the account is (Google: the address of its calendars).
+    username = client.username or username
     with transaction.atomic():
+        _lock_owner(owner.pk)
+        _already_connected(owner_id=owner.pk, provider=provider, url=url, username=username)
         account = Account.objects.create(
             owner=owner,
             provider=provider,
             name=name,
             url=url,
-            # Discovery may learn who the account is (Google: the address of its calendars).
-            username=client.username or username,
+            username=username,
             credentials=credentials,
             home_url=client.home_url,
         )

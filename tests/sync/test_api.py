@@ -1,4 +1,4 @@
-"""The accounts API (sync/api.py): what its forms offer."""
+"""The accounts API (sync/api.py): what its forms offer, and the same account connected twice."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from calendars.models import Account
 from tests.factories import make_account
 
 pytestmark = pytest.mark.django_db
@@ -29,3 +30,16 @@ def test_options_and_the_browsable_form_offer_every_field_connecting_takes(api, 
     # Accounts are shown as before, without their secrets.
     (shown,) = api.get("/api/accounts/").json()["results"]
     assert set(shown) == SHOWN_FIELDS
+
+
+def test_connecting_the_same_server_and_username_twice_is_400_naming_the_account(api, user):
+    first = make_account(user, name="Work", url="http://127.0.0.1:1/dav/", username="me")
+    body = {"provider": "caldav", "name": "Again", "username": "me", "password": "pw"}
+
+    again = api.post("/api/accounts/", {**body, "url": "HTTP://127.0.0.1:1/dav"}, format="json")
+
+    assert again.status_code == 400
+    assert again.json() == {
+        "url": [f"This server and username are already connected as account {first.pk} (“Work”)."]
+    }
+    assert Account.objects.filter(owner=user).count() == 1
