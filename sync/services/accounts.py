@@ -139,24 +139,108 @@ def account_connect(
     return account
 
 
-@transaction.atomic
+# Fields of an account a change may name, and what each provider's accounts refuse.
+UPDATABLE_FIELDS = frozenset({"name", "url", "username"})
+_REFUSED = {
+    Account.Provider.GOOGLE: {
+        "url": "A Google account has no server URL.",
+        "username": (
+            "A Google account's address cannot be changed; connect the other Google account "
+            "as an account of its own."
+        ),
+        "password": "A Google account has no password; give a new refresh_token instead.",
+    },
+    Account.Provider.CALDAV: {
+        "refresh_token": "A CalDAV account has no refresh token; give its password instead.",
+    },
+}
+
+
+def _stored_credentials(account: Account) -> dict:
+    try:
+        return dict(account.credentials)
+    except ImproperlyConfigured:  # unreadable with today's keys: the new ones replace them
+        return {}
+
+
 def account_update(*, account: Account, credentials: dict | None = None, **fields) -> Account:
     """Change an account; new credentials make an account that needed them active again.
+
+    A new URL or username of a CalDAV account is checked against the server first, as
+    connecting is (the calendar home found again, the calendar list brought up to date), and
+    must not make it an account the owner has connected already. What an account of its
+    provider cannot change raises AccountRefused naming it.
 
     Only the fields changed here are written: a sync may be recording the account's status,
     last sync or error meanwhile. An account an administrator disabled stays disabled.
     """
+    credentials = dict(credentials or {})
+    unknown = set(fields) - UPDATABLE_FIELDS
+    if unknown:
+        raise AccountRefused("This field cannot be changed.", field=sorted(unknown)[0])
+    # A field given as it is stored (a form sending the account back) changes nothing.
+    fields = {n: v for n, v in fields.items() if n == "name" or getattr(account, n) != v}
+    for name in sorted({*fields, *credentials}):
+        refused = _REFUSED.get(account.provider, {}).get(name)
+        if refused:
+            raise AccountRefused(refused, field=name)
+    if "url" in fields and not fields["url"]:
+        raise AccountRefused("A CalDAV account needs the server's URL.", field="url")
+    where = {n: v for n, v in fields.items() if n in ("url", "username")}
+    checked = None
+    if where:
+        url = where.get("url", account.url)
+        username = where.get("username", account.username)
+        _already_connected(
+            owner_id=account.owner_id,
+            provider=account.provider,
+            url=url,
+            username=username,
+            exclude=account.pk,
+        )
+        client = provider_class(account.provider)(
+            url=url,
+            username=username,
+            credentials={**_stored_credentials(account), **credentials},
+        )
+        try:
+            remote = client.discover()
+        finally:
+            client.close()
+        account_home_url_check(home_url=client.home_url)
+        checked = (client.home_url, remote)
+    with transaction.atomic():
+        if checked is not None:
+            _lock_owner(account.owner_id)
+            _already_connected(
+                owner_id=account.owner_id,
+                provider=account.provider,
+                url=fields.get("url", account.url),
+                username=fields.get("username", account.username),
+                exclude=account.pk,
+            )
+        return _account_write(
+            account=account, credentials=credentials, fields=fields, checked=checked
+        )
+
+
+def _account_write(
+    *, account: Account, credentials: dict, fields: dict, checked: tuple | None
+) -> Account:
     changed = set(fields)
     for name, value in fields.items():
         setattr(account, name, value)
+    if checked is not None:
+        account.home_url, remote = checked
+        changed.add("home_url")
+        calendars_reconcile(account=account, remote=remote)
     if credentials:
-        try:
-            current = account.credentials
-        except ImproperlyConfigured:  # unreadable with today's keys: the new ones replace them
-            current = {}
-        account.credentials = {**current, **credentials}
+        account.credentials = {**_stored_credentials(account), **credentials}
+        changed.add("credentials")
+    if credentials or checked is not None:
+        # The server took them (or they are new): what went wrong before is no longer so.
         account.last_error = ""
-        changed |= {"credentials", "last_error"}
+        changed.add("last_error")
         # The status as it is now, not as it was when the caller read the account.
         account.status = (
             Account.objects.select_for_update().values_list("status", flat=True).get(pk=account.pk)
