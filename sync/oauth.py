@@ -27,7 +27,6 @@ from django.views.decorators.http import require_GET
 from calendars import selectors
 from calendars.models import Account
 from sync import http, services
-from sync.providers import provider_class
 from sync.providers.base import ProviderError
 
 logger = logging.getLogger(__name__)
@@ -187,15 +186,6 @@ def _reconnect(request, account_id: int, credentials: dict) -> None:
         pk=account_id,
         provider=Account.Provider.GOOGLE,
     )
-    client = provider_class(Account.Provider.GOOGLE)(credentials=credentials)
-    try:
-        client.discover()
-    finally:
-        client.close()
-    if account.username and client.username and client.username != account.username:
-        raise ProviderError(
-            f"you signed in as {client.username}, but this account is {account.username}. "
-            "Connect it as a new account instead."
-        )
+    # The service checks the grant is the same Google user's before storing it.
     services.account_update(account=account, credentials=credentials)
     messages.success(request, f"Reconnected {account.name}.")

@@ -166,9 +166,10 @@ def _stored_credentials(account: Account) -> dict:
 def account_update(*, account: Account, credentials: dict | None = None, **fields) -> Account:
     """Change an account; new credentials make an account that needed them active again.
 
-    A new URL or username of a CalDAV account is checked against the server first, as
-    connecting is (the calendar home found again, the calendar list brought up to date), and
-    must not make it an account the owner has connected already. What an account of its
+    A new URL or username of a CalDAV account, or a new refresh token of a Google one, is
+    checked with the server first, as connecting is (the calendar home found again, the
+    calendar list brought up to date): a CalDAV account must not become one the owner has
+    connected already, a Google token must be the same Google user's. What an account of its
     provider cannot change raises AccountRefused naming it.
 
     Only the fields changed here are written: a sync may be recording the account's status,
@@ -186,37 +187,47 @@ def account_update(*, account: Account, credentials: dict | None = None, **field
             raise AccountRefused(refused, field=name)
     if "url" in fields and not fields["url"]:
         raise AccountRefused("A CalDAV account needs the server's URL.", field="url")
-    where = {n: v for n, v in fields.items() if n in ("url", "username")}
+    moved = bool({"url", "username"} & set(fields))
+    url = fields.get("url", account.url)
+    username = fields.get("username", account.username)
+    google = account.provider == Account.Provider.GOOGLE
     checked = None
-    if where:
-        url = where.get("url", account.url)
-        username = where.get("username", account.username)
-        _already_connected(
-            owner_id=account.owner_id,
-            provider=account.provider,
-            url=url,
-            username=username,
-            exclude=account.pk,
-        )
+    if moved or (google and "refresh_token" in credentials):
+        if moved:
+            _already_connected(
+                owner_id=account.owner_id,
+                provider=account.provider,
+                url=url,
+                username=username,
+                exclude=account.pk,
+            )
         client = provider_class(account.provider)(
             url=url,
-            username=username,
+            # Google: the address is what the token's calendars say, not what was stored.
+            username="" if google else username,
             credentials={**_stored_credentials(account), **credentials},
         )
         try:
             remote = client.discover()
         finally:
             client.close()
+        learned = client.username.lower()
+        if google and account.username and learned not in ("", account.username.lower()):
+            raise AccountRefused(
+                f"This refresh token is {client.username}'s, but this account is "
+                f"{account.username}. Connect it as a new account instead.",
+                field="refresh_token",
+            )
         account_home_url_check(home_url=client.home_url)
         checked = (client.home_url, remote)
     with transaction.atomic():
-        if checked is not None:
+        if moved:
             _lock_owner(account.owner_id)
             _already_connected(
                 owner_id=account.owner_id,
                 provider=account.provider,
-                url=fields.get("url", account.url),
-                username=fields.get("username", account.username),
+                url=url,
+                username=username,
                 exclude=account.pk,
             )
         return _account_write(
