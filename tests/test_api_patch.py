@@ -151,7 +151,11 @@ def test_a_new_url_is_checked_with_the_server_and_its_calendar_home_found_again(
     name = f"cal-{uuid.uuid4().hex[:8]}"
     radicale.make_calendar(name)
     account = make_account(
-        user, url="http://127.0.0.1:1/", username=radicale.user, home_url="http://127.0.0.1:1/gone/"
+        user,
+        url="http://127.0.0.1:1/",
+        username=radicale.user,
+        credentials={"password": radicale.password},
+        home_url="http://127.0.0.1:1/gone/",
     )
     path = f"/api/accounts/{account.pk}/"
 
