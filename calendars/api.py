@@ -3,6 +3,7 @@ private iCalendar feeds and their rotation."""
 
 import base64
 import binascii
+import datetime as dt
 import json
 
 from django.conf import settings
@@ -72,13 +73,30 @@ class CalendarSerializer(serializers.ModelSerializer):
 
 
 class EventSerializer(serializers.ModelSerializer):
+    occurrence_id = serializers.SerializerMethodField(
+        help_text=(
+            "`<id>:<recurrence_id or ''>`: one per item, also for the occurrences of a series "
+            "in a window (which share the series' `id`); the same occurrence has the same "
+            "`occurrence_id` in every listing."
+        )
+    )
     recurrence_id = serializers.SerializerMethodField()
+    start_date = serializers.SerializerMethodField(
+        help_text="All-day events: the first day (ISO date); null for timed events."
+    )
+    end_date = serializers.SerializerMethodField(
+        help_text=(
+            "All-day events: the day after the last one (ISO date, exclusive as iCalendar's "
+            "DTEND); null for timed events."
+        )
+    )
     sync_error = serializers.SerializerMethodField()
 
     class Meta:
         model = Event
         fields = [
             "id",
+            "occurrence_id",
             "calendar",
             "uid",
             "recurrence_id",
@@ -87,6 +105,8 @@ class EventSerializer(serializers.ModelSerializer):
             "location",
             "start",
             "end",
+            "start_date",
+            "end_date",
             "all_day",
             "timezone",
             "status",
@@ -96,8 +116,18 @@ class EventSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
+    def get_occurrence_id(self, obj) -> str:
+        return f"{obj.pk}:{obj.recurrence_id}"
+
     def get_recurrence_id(self, obj) -> str | None:
         return obj.recurrence_id or None
+
+    # All-day events are stored from midnight UTC to midnight UTC: their dates are the UTC ones.
+    def get_start_date(self, obj) -> dt.date | None:
+        return obj.start.astimezone(dt.UTC).date() if obj.all_day and obj.start else None
+
+    def get_end_date(self, obj) -> dt.date | None:
+        return obj.end.astimezone(dt.UTC).date() if obj.all_day and obj.end else None
 
     def get_sync_error(self, obj) -> str | None:
         return obj.sync_error or None

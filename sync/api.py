@@ -1,5 +1,7 @@
 """API for connecting accounts (checked against their server) and requesting/inspecting syncs."""
 
+from collections.abc import Mapping
+
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -14,9 +16,20 @@ from rest_framework.response import Response
 from calendars import selectors as calendar_selectors
 from calendars.api import int_param
 from calendars.models import Account
+from caly.throttling import PostRateThrottle
 from sync import netguard, selectors, services
 from sync.models import SyncRun
 from sync.providers.base import AuthError, ProviderError
+
+
+class AccountWriteThrottle(PostRateThrottle):
+    """POST and PATCH count alike: connecting an account and changing its URL or username both
+    send Caly to the user's server."""
+
+    def allow_request(self, request, view):
+        if request.method not in ("POST", "PATCH"):
+            return True
+        return super(PostRateThrottle, self).allow_request(request, view)
 
 
 class ServiceUnavailable(APIException):
@@ -49,8 +62,15 @@ class AccountCreateSerializer(serializers.Serializer):
         allow_blank=True,
         default="",
         validators=[netguard.validate_url],
+        help_text="CalDAV: the server root, a principal or a calendar home.",
     )
-    username = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+    username = serializers.CharField(
+        max_length=255,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="CalDAV, if the server needs one.",
+    )
     password = serializers.CharField(
         max_length=1000,
         required=False,
@@ -58,9 +78,16 @@ class AccountCreateSerializer(serializers.Serializer):
         default="",
         write_only=True,
         trim_whitespace=False,
+        style={"input_type": "password"},
+        help_text="CalDAV, if the server needs one; never shown again.",
     )
     refresh_token = serializers.CharField(
-        max_length=4000, required=False, default="", write_only=True
+        max_length=4000,
+        required=False,
+        default="",
+        write_only=True,
+        style={"input_type": "password"},
+        help_text="Google: an OAuth refresh token; never shown again.",
     )
 
     def validate(self, attrs):
@@ -80,15 +107,56 @@ class AccountCreateSerializer(serializers.Serializer):
 
 
 class AccountUpdateSerializer(serializers.Serializer):
+    """What a PATCH may change. A field the body names that is not one of these is a 400 naming
+    it; which of them an account of each provider takes is the service's to say."""
+
     name = serializers.CharField(max_length=200, required=False)
+    url = serializers.URLField(
+        max_length=2000, required=False, allow_blank=True, validators=[netguard.validate_url]
+    )
     username = serializers.CharField(max_length=255, required=False, allow_blank=True)
     password = serializers.CharField(
-        max_length=1000, required=False, write_only=True, trim_whitespace=False
+        max_length=1000,
+        required=False,
+        write_only=True,
+        trim_whitespace=False,
+        style={"input_type": "password"},
     )
-    refresh_token = serializers.CharField(max_length=4000, required=False, write_only=True)
+    refresh_token = serializers.CharField(
+        max_length=4000, required=False, write_only=True, style={"input_type": "password"}
+    )
+
+    # The representation's other fields: shown, never changed by a PATCH.
+    READ_ONLY = {
+        "id": "An account's id cannot be changed.",
+        "provider": "An account's provider cannot be changed; connect a new account instead.",
+        "status": "Set by Caly from the account's syncs; new credentials reactivate it.",
+        "last_synced_at": "Set by Caly when a sync succeeds.",
+        "last_error": "Set by Caly when a sync fails.",
+    }
+    # What the browsable API's HTML forms post besides the fields.
+    IGNORED = frozenset({"csrfmiddlewaretoken"})
+
+    def to_internal_value(self, data):
+        given = set(data) - self.IGNORED if isinstance(data, Mapping) else set()
+        errors = {
+            name: [self.READ_ONLY.get(name, "Not a field of an account.")]
+            for name in sorted(given - set(self.fields))
+        }
+        try:
+            value = super().to_internal_value(data)
+        except ValidationError as exc:
+            if errors and isinstance(exc.detail, dict):
+                raise ValidationError({**exc.detail, **errors}) from None
+            raise
+        if errors:
+            raise ValidationError(errors)
+        return value
 
 
 def _provider_error_to_400(exc: ProviderError, provider: str = "") -> ValidationError:
+    if isinstance(exc, services.AccountRefused):
+        return ValidationError({exc.field: [str(exc)]})
     if provider == Account.Provider.GOOGLE:
         field = "refresh_token" if isinstance(exc, AuthError) else "provider"
     else:
@@ -112,13 +180,24 @@ class AccountViewSet(
     # The model, for the schema generator (it has no user to scope get_queryset to).
     queryset = Account.objects.none()
     throttle_scope = "account_connect"
+    throttle_classes = [AccountWriteThrottle]
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
     def get_queryset(self):
         return calendar_selectors.accounts_for_user(user=self.request.user)
 
+    def get_serializer_class(self):
+        # What a client sends, for the browsable API's forms and OPTIONS; answers are always
+        # AccountSerializer. By method, as OPTIONS describes POST without changing the action.
+        method = self.request.method if self.request is not None else "GET"
+        if method == "POST":
+            return AccountCreateSerializer
+        if method in ("PATCH", "PUT"):
+            return AccountUpdateSerializer
+        return AccountSerializer
+
     def create(self, request, *args, **kwargs):
-        incoming = AccountCreateSerializer(data=request.data)
+        incoming = AccountCreateSerializer(data=request.data, context=self.get_serializer_context())
         incoming.is_valid(raise_exception=True)
         data = incoming.validated_data
         try:
@@ -141,11 +220,14 @@ class AccountViewSet(
 
     def partial_update(self, request, *args, **kwargs):
         account = self.get_object()
-        incoming = AccountUpdateSerializer(data=request.data)
+        incoming = AccountUpdateSerializer(data=request.data, context=self.get_serializer_context())
         incoming.is_valid(raise_exception=True)
         data = dict(incoming.validated_data)
         credentials = {k: data.pop(k) for k in ("password", "refresh_token") if k in data}
-        account = services.account_update(account=account, credentials=credentials, **data)
+        try:
+            account = services.account_update(account=account, credentials=credentials, **data)
+        except ProviderError as exc:
+            raise _provider_error_to_400(exc, account.provider) from None
         return Response(AccountSerializer(account).data)
 
 

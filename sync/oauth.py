@@ -3,7 +3,8 @@
 The consent redirect carries a random `state` kept in the session and a PKCE challenge; the
 callback accepts only that state, exchanges the code at CALY_GOOGLE_TOKEN_URI, and connects the
 account through the same service as `POST /api/accounts/`. Only the refresh token is kept,
-encrypted with the account. Available when CALY_GOOGLE_CLIENT_ID and _SECRET are set.
+encrypted with the account. Available when CALY_GOOGLE_CLIENT_ID and _SECRET are set; until
+then /google/connect/ says what to configure.
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ import niquests
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpResponseBadRequest
-from django.shortcuts import get_object_or_404, redirect
+from django.http import HttpResponseBadRequest
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from calendars import selectors
 from calendars.models import Account
 from sync import http, services
-from sync.providers import provider_class
 from sync.providers.base import ProviderError
 
 logger = logging.getLogger(__name__)
@@ -52,9 +52,21 @@ def _challenge(verifier: str) -> str:
 @login_required
 @require_GET
 def google_connect(request, account_id: int | None = None):
-    """Send the user to Google's consent page (to connect a new account, or reconnect one)."""
+    """Send the user to Google's consent page (to connect a new account, or reconnect one);
+    without an OAuth client configured, a page saying what to configure."""
     if not google_oauth_enabled():
-        raise Http404("Google Calendar is not set up on this Caly.")
+        return render(
+            request,
+            "sync/google_setup.html",
+            {
+                "missing": [
+                    name
+                    for name in ("CALY_GOOGLE_CLIENT_ID", "CALY_GOOGLE_CLIENT_SECRET")
+                    if not getattr(settings, name)
+                ],
+                "redirect_uri": _redirect_uri(request),
+            },
+        )
     account = None
     if account_id is not None:
         account = get_object_or_404(
@@ -174,15 +186,6 @@ def _reconnect(request, account_id: int, credentials: dict) -> None:
         pk=account_id,
         provider=Account.Provider.GOOGLE,
     )
-    client = provider_class(Account.Provider.GOOGLE)(credentials=credentials)
-    try:
-        client.discover()
-    finally:
-        client.close()
-    if account.username and client.username and client.username != account.username:
-        raise ProviderError(
-            f"you signed in as {client.username}, but this account is {account.username}. "
-            "Connect it as a new account instead."
-        )
+    # The service checks the grant is the same Google user's before storing it.
     services.account_update(account=account, credentials=credentials)
     messages.success(request, f"Reconnected {account.name}.")

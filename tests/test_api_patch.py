@@ -1,10 +1,12 @@
 """A PATCH writes what it changes and nothing else: what a sync or an administrator stored while
-the request was being handled stays as they stored it."""
+the request was being handled stays as they stored it. What cannot change is a 400 naming it; a
+new account URL is checked with the server first."""
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
+import uuid
 
 import pytest
 from django.db import connection
@@ -101,3 +103,74 @@ def test_deselecting_a_calendar_keeps_the_cursor_a_sync_stored_meanwhile(api, us
     # The next sync asks for the changes since the sync that ran, not since the one before it.
     calendar.refresh_from_db()
     assert (calendar.sync_token, calendar.ctag) == ("token-2", "ctag-2")
+
+
+def test_a_patch_of_what_cannot_change_is_400_naming_it_and_changes_nothing(api, user):
+    caldav = make_account(user, name="Home", username="me")
+    google = make_account(user, provider="google", name="Mine", url="", username="me@example.com")
+
+    for account, body, fields in (
+        (
+            caldav,
+            {"provider": "google", "colour": "red", "name": "Renamed"},
+            {"provider", "colour"},
+        ),
+        (google, {"username": "someone-else@example.com"}, {"username"}),
+        (google, {"url": "http://127.0.0.1:1/"}, {"url"}),
+        (google, {"password": "secret"}, {"password"}),
+        (caldav, {"refresh_token": "1//token"}, {"refresh_token"}),
+    ):
+        response = api.patch(f"/api/accounts/{account.pk}/", body, format="json")
+        assert response.status_code == 400, body
+        assert set(response.json()) == fields
+
+    shown = {a["id"]: a for a in api.get("/api/accounts/").json()["results"]}
+    assert (shown[caldav.pk]["name"], shown[caldav.pk]["provider"]) == ("Home", "caldav")
+    assert shown[google.pk]["username"] == "me@example.com"
+    assert Account.objects.get(pk=google.pk).credentials == {}
+
+
+def test_a_patch_to_the_url_of_an_account_already_connected_is_400_naming_it(api, user):
+    work = make_account(user, name="Work", url="http://127.0.0.1:1/dav/", username="me")
+    other = make_account(user, name="Other", url="http://127.0.0.1:2/", username="me")
+
+    response = api.patch(
+        f"/api/accounts/{other.pk}/", {"url": "http://127.0.0.1:1/dav"}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "url": [f"This server and username are already connected as account {work.pk} (“Work”)."]
+    }
+    assert api.get(f"/api/accounts/{other.pk}/").json()["url"] == "http://127.0.0.1:2/"
+
+
+def test_a_new_url_is_checked_with_the_server_and_its_calendar_home_found_again(
+    api, user, radicale
+):
+    name = f"cal-{uuid.uuid4().hex[:8]}"
+    radicale.make_calendar(name)
+    account = make_account(
+        user,
+        url="http://127.0.0.1:1/",
+        username=radicale.user,
+        credentials={"password": radicale.password},
+        home_url="http://127.0.0.1:1/gone/",
+    )
+    path = f"/api/accounts/{account.pk}/"
+
+    unreachable = api.patch(path, {"url": "http://127.0.0.1:9/"}, format="json")
+    assert unreachable.status_code == 400
+    assert set(unreachable.json()) == {"url"}
+    assert api.get(path).json()["url"] == "http://127.0.0.1:1/"
+
+    moved = api.patch(path, {"url": radicale.base_url + "/"}, format="json")
+
+    assert moved.status_code == 200, moved.json()
+    assert api.get(path).json()["url"] == radicale.base_url + "/"
+    account.refresh_from_db()
+    assert account.home_url == radicale.home_url
+    # The server's calendars are listed, ready for the next sync.
+    listed = api.get(f"/api/calendars/?account={account.pk}").json()["results"]
+    assert any(c["url"].endswith(f"/{name}/") for c in listed)
+    radicale.delete_calendar(name)

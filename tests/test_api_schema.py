@@ -19,6 +19,11 @@ def test_schema_generates_without_warnings_and_validates(tmp_path):
         assert path in schema["paths"], path
     run_id = schema["paths"]["/api/sync/{id}/"]["get"]["parameters"][0]
     assert run_id["schema"]["type"] == "integer"
+    event = schema["components"]["schemas"]["Event"]["properties"]
+    assert event["occurrence_id"]["description"]
+    assert event["start_date"]["format"] == "date" and event["start_date"]["nullable"]
+    connect = schema["components"]["schemas"]["AccountCreateRequest"]["properties"]
+    assert {"password", "refresh_token"} <= set(connect)
 
 
 @pytest.mark.django_db

@@ -6,7 +6,12 @@ brought), `writes` (events changed through Caly, written back), `webhooks` (noti
 The names below are the service's API for views, tasks and commands.
 """
 
-from sync.services.accounts import account_connect, account_update, calendars_reconcile
+from sync.services.accounts import (
+    AccountRefused,
+    account_connect,
+    account_update,
+    calendars_reconcile,
+)
 from sync.services.push import channels_maintain, channels_stop_for_account
 from sync.services.reaper import sync_runs_reap
 from sync.services.requests import (
@@ -24,6 +29,7 @@ from sync.services.webhooks import delivery_send, webhook_create
 
 __all__ = [
     "AccountNotSyncable",
+    "AccountRefused",
     "BrokerUnavailable",
     "RunResult",
     "account_connect",

@@ -97,6 +97,21 @@ def test_series_expanded_with_exdate_rdate_moved_and_cancelled_instances(api, ca
     assert moved["recurrence_id"] == "20260119T080000Z"
 
 
+def test_every_occurrence_in_a_window_has_an_occurrence_id_of_its_own_that_stays(api, calendar):
+    store(calendar, "/cal/series.ics", SERIES)
+    store(calendar, "/cal/once.ics", ics(vevent("once", "DTSTART:20260204T100000Z")))
+    months = ("2026-01-01T00:00:00Z", "2026-03-01T00:00:00Z")
+
+    found = window(api, *months)
+
+    keys = [e["occurrence_id"] for e in found]
+    assert len(found) == 8 and len(set(keys)) == 8
+    # The series' occurrences share the master's id; occurrence_id tells them apart.
+    weekly = [e for e in found if e["summary"] == "Weekly"]
+    assert len({e["id"] for e in weekly}) == 1 < len(weekly)
+    assert window(api, *months) == found  # the same keys the next time
+
+
 def test_single_events_overlapping_the_window_and_all_day_events(api, calendar):
     store(
         calendar,
@@ -127,7 +142,13 @@ def test_single_events_overlapping_the_window_and_all_day_events(api, calendar):
     )
     found = window(api, "2026-02-01T00:00:00Z", "2026-02-02T00:00:00Z")
     assert [e["uid"] for e in found] == ["early", "day", "late"]
-    assert next(e for e in found if e["uid"] == "day")["all_day"] is True
+    day = next(e for e in found if e["uid"] == "day")
+    assert day["all_day"] is True
+    # Read as dates: the day, and the day after it (DTEND's exclusive end).
+    assert (day["start_date"], day["end_date"]) == ("2026-02-01", "2026-02-02")
+    assert day["start"] == "2026-02-01T00:00:00Z"
+    early = next(e for e in found if e["uid"] == "early")
+    assert (early["start_date"], early["end_date"]) == (None, None)
 
 
 def test_window_of_an_endless_daily_series_is_paginated(api, calendar):

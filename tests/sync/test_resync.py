@@ -135,11 +135,9 @@ def work_calendar(radicale):
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("beat_schedule")
 def test_beat_resyncs_stale_accounts_through_the_worker(radicale, work_calendar, worker):
-    owner = make_user("resync-owner")
-
     def connect(name: str) -> Account:
         return services.account_connect(
-            owner=owner,
+            owner=make_user(f"resync-{name}"),  # one user connects an account once
             provider="caldav",
             name=name,
             url=radicale.base_url + "/",

@@ -125,6 +125,46 @@ def test_api_connect_stores_the_token_encrypted_and_never_shows_it(api, google, 
     assert Account.objects.get(pk=body["id"]).credentials == {"refresh_token": user.refresh_token}
 
 
+def test_connecting_the_same_google_address_twice_is_400_naming_the_account(
+    api, user, google, google_settings
+):
+    person = google.add_user()
+    first = connect(person, owner=user)
+
+    again = api.post(
+        "/api/accounts/",
+        {"provider": "google", "name": "Again", "refresh_token": google.new_refresh_token(person)},
+        format="json",
+    )
+
+    assert again.status_code == 400
+    assert again.json() == {
+        "refresh_token": [
+            f"This Google account ({person.email}) is already connected as account {first.pk} "
+            "(“Google”)."
+        ]
+    }
+    assert Account.objects.filter(owner=user).count() == 1
+
+
+def test_reconnecting_with_another_google_users_token_is_400_and_changes_nothing(
+    api, user, google, google_settings
+):
+    person = google.add_user()
+    account = connect(person, owner=user)
+
+    refused = api.patch(
+        f"/api/accounts/{account.pk}/",
+        {"refresh_token": google.add_user().refresh_token},
+        format="json",
+    )
+
+    assert refused.status_code == 400
+    assert "Connect it as a new account" in refused.json()["refresh_token"][0]
+    account.refresh_from_db()
+    assert account.credentials == {"refresh_token": person.refresh_token}
+
+
 def test_api_connect_with_a_bad_token_is_400_naming_the_field(api, google, google_settings):
     refused = api.post(
         "/api/accounts/",

@@ -163,9 +163,17 @@ def test_someone_elses_account_cannot_be_reconnected(browser, google, google_set
     assert browser.get(f"/google/connect/{other.pk}/").status_code == 404
 
 
-def test_without_a_client_there_is_no_flow_and_no_link(browser, settings):
+def test_without_a_client_the_page_says_what_to_configure_and_there_is_no_link(browser, settings):
     settings.CALY_GOOGLE_CLIENT_ID = ""
-    assert browser.get("/google/connect/").status_code == 404
+    settings.CALY_GOOGLE_CLIENT_SECRET = "set"
+    settings.CALY_GOOGLE_REDIRECT_URI = ""
+    page = browser.get("/google/connect/")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "Google Calendar is not set up" in text
+    assert "CALY_GOOGLE_CLIENT_ID" in text and "CALY_GOOGLE_CLIENT_SECRET" in text
+    assert "http://testserver/google/callback/" in text  # the redirect URI to register
+    assert "Not set now: <code>CALY_GOOGLE_CLIENT_ID</code>." in text
     rendered = Template("{% load google_oauth %}[{% google_connect_link %}]").render(Context())
     assert rendered.replace("\n", "") == "[]"
 

@@ -17,7 +17,9 @@ from django.conf import settings as django_settings
 from calendars.models import Account, Event
 from sync import services
 from sync.models import SyncRun
-from tests.support.api_sync import sync_and_wait, wait_run
+from tests.factories import make_user
+from tests.support.api_sync import TERMINAL, sync_and_wait
+from tests.support.polling import wait_for
 from tests.support.workers import start_worker
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
@@ -226,14 +228,15 @@ def test_interrupted_sync_resumes_without_duplicates(api, google):
     assert {href: after[href].pk for href in partial} == partial
 
 
-def test_parallel_syncs_of_one_google_user_stay_within_its_quota(api, user, google):
-    """Eight accounts of one Google user synced at once by two worker processes (8 slots)."""
+def test_parallel_syncs_of_one_google_user_stay_within_its_quota(google):
+    """One Google user's account, connected by eight Caly users (a user connects it once),
+    synced at once by two worker processes (8 slots)."""
     google_user = google.add_user(page_size=2)
     for i in range(10):
         google.insert_event(google_user, summary=f"E{i}", start=f"2026-07-{i + 1:02d}T09:00:00Z")
     accounts = [
         services.account_connect(
-            owner=user,
+            owner=make_user(),
             provider="google",
             name=f"Copy {n}",
             credentials={"refresh_token": google_user.refresh_token},
@@ -245,15 +248,20 @@ def test_parallel_syncs_of_one_google_user_stay_within_its_quota(api, user, goog
     before = len(google.api_requests(google_user))
 
     started = time.monotonic()
-    response = api.post("/api/sync/", {}, format="json")
-    assert response.status_code == 202
-    run_ids = [r["id"] for r in response.json()["runs"]]
-    assert len(run_ids) == 8
-    runs = [wait_run(api, run_id, timeout=120) for run_id in run_ids]
+    run_ids = [
+        services.sync_request_account(account=a, trigger=SyncRun.Trigger.API).pk for a in accounts
+    ]
+    assert len(set(run_ids)) == 8
+    wait_for(
+        lambda: SyncRun.objects.filter(pk__in=run_ids, state__in=TERMINAL).count() == 8,
+        timeout=120,
+        what="the eight runs to finish",
+    )
     elapsed = time.monotonic() - started
+    runs = list(SyncRun.objects.filter(pk__in=run_ids))
 
-    assert [r["state"] for r in runs] == ["succeeded"] * 8, [r["error"] for r in runs]
-    assert all(r["created"] == 10 for r in runs)
+    assert [r.state for r in runs] == ["succeeded"] * 8, [r.error for r in runs]
+    assert all(r.created == 10 for r in runs)
     sent = len(google.api_requests(google_user)) - before
     assert sent >= 48 > QUOTA[0]  # 1 calendar list + 5 pages per account: more than one window
     assert google_user.quota_rejections == 0
