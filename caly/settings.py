@@ -48,6 +48,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    # Swagger UI's files, served from here: /api/docs/ needs no CDN (SPECTACULAR_SETTINGS).
+    "drf_spectacular_sidecar",
     "django_celery_results",
     "django_celery_beat",
     "calendars",
@@ -199,6 +201,11 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # Webhook event types: one name whether a webhook or a delivery shows them.
     "ENUM_NAME_OVERRIDES": {"WebhookEventType": "sync.models.Webhook.Type"},
+    # /api/docs/ works without internet: Swagger UI from drf-spectacular-sidecar's static files,
+    # and no validator badge fetched from swagger.io.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
 }
 
 # --- Caly -----------------------------------------------------------------------------------
