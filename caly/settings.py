@@ -117,6 +117,9 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# The admin shows times in TIME_ZONE, labelled with it (caly/formats/en/formats.py); the
+# dashboard shows the browser's local time and names its zone.
+FORMAT_MODULE_PATH = ["caly.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
