@@ -153,6 +153,9 @@ LOGGING = {
         # already record. Failures are logged at ERROR, whatever this says.
         "celery.app.trace": {"level": env.str("CALY_TASK_LOG_LEVEL", default="WARNING")},
         "celery.worker.strategy": {"level": env.str("CALY_TASK_LOG_LEVEL", default="WARNING")},
+        # A worker's line as each sync run starts and ends (sync/lifecycle.py): off unless asked
+        # for, for the same reason; `make up` and `make demo` show them.
+        "caly.runs": {"level": env.str("CALY_RUN_LOG_LEVEL", default="WARNING")},
         # runserver's access log has a logger of its own; scrub it too (OAuth callback codes).
         "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
