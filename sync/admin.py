@@ -209,7 +209,8 @@ class SyncRunAdmin(admin.ModelAdmin):
         if result_id is None:
             return "—"
         url = reverse("admin:django_celery_results_taskresult_change", args=[result_id])
-        return format_html('<a href="{}">{}</a>', url, obj.task_id)
+        # The first part of the id tells tasks apart; the whole of it is on the run's page.
+        return format_html('<a href="{}" title="{}">{}…</a>', url, obj.task_id, obj.task_id[:8])
 
     def has_add_permission(self, request):
         return False
@@ -338,7 +339,7 @@ class PendingWriteAdmin(admin.ModelAdmin):
         "recurrence_id",
         "state",
         "accepted_at",
-        "error",
+        "error_text",
     )
     list_filter = ("state", "kind", "account")
     search_fields = ("uid", "href", "error")
@@ -347,6 +348,10 @@ class PendingWriteAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+    @admin.display(description="error", ordering="error")
+    def error_text(self, obj):
+        return shortened(obj.error, 60)
 
 
 # --- webhooks and their deliveries ------------------------------------------------------------
@@ -376,7 +381,11 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
 @admin.register(Webhook)
 class WebhookAdmin(admin.ModelAdmin):
-    list_display = ("id", "owner", "url", "active", "failing_since", "created_at")
+    list_display = ("id", "owner", "url_text", "active", "failing_since", "created_at")
     list_filter = ("active",)
     search_fields = ("url", "owner__username")
     readonly_fields = ("owner", "events", "failing_since", "created_at")
+
+    @admin.display(description="URL", ordering="url")
+    def url_text(self, obj):
+        return shortened(obj.url, 60)

@@ -202,3 +202,16 @@ def test_runs_say_what_changed_in_words():
         "no change",
     ]
     assert shown(html, "trigger") == ["API", "Dashboard", "Schedule"]
+
+
+def test_an_account_added_on_the_page_gets_its_rows_as_served():
+    user = make_user("quinn")
+    mine = make_account(user, name="Home")
+    other = make_account(make_user("rita"), name="Rita's")
+    client = signed_in(user)
+
+    block = client.get(f"/dashboard/accounts/{mine.pk}/").text
+
+    assert account_block(block, mine) == account_block(client.get("/").text, mine)
+    assert client.get(f"/dashboard/accounts/{other.pk}/").status_code == 404
+    assert Client().get(f"/dashboard/accounts/{mine.pk}/").status_code == 302
