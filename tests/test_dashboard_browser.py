@@ -406,10 +406,13 @@ def test_api_docs_render_without_internet(browser, live_server):
     browser.get(live_server.url + "/api/docs/")
 
     def listed(path: str) -> bool:
-        return any(
-            (element.get_attribute("data-path") or element.text.replace("\u200b", "")) == path
-            for element in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
-        )
+        try:
+            return any(
+                (element.get_attribute("data-path") or element.text.replace("\u200b", "")) == path
+                for element in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
+            )
+        except StaleElementReferenceException:  # drawn again meanwhile: ask again
+            return False
 
     wait_for(lambda: listed("/api/accounts/"), timeout=20, what="Swagger UI's operations")
     assert listed("/api/sync/")

@@ -50,15 +50,19 @@ def test_a_line_per_sync_run_when_asked_for(caplog):
         finished_at=now,
         created=2,
     )
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "caly.runs"]
+
     caplog.set_level(logging.WARNING, logger="caly.runs")
     lifecycle.log_run_start(sender=run_sync, args=(run.pk,))
-    assert not caplog.records  # off by default
+    assert lines() == []  # off by default
 
     caplog.set_level(logging.INFO, logger="caly.runs")
     lifecycle.log_run_start(sender=run_sync, args=(run.pk,))
     lifecycle.log_run_end(sender=run_sync, args=(run.pk,))
     lifecycle.log_run_end(sender=reap_stale_runs, args=())
-    assert [r.getMessage() for r in caplog.records] == [
+    assert lines() == [
         f"sync #{run.pk} of 'Home' (dashboard) starting",
         f"sync #{run.pk} of 'Home' succeeded in 1.5 s: 2 events created",
     ]
