@@ -16,7 +16,7 @@ from django_celery_results.models import TaskResult
 
 from calendars.admin import AccountAdmin
 from calendars.models import Account
-from sync import services
+from sync import services, wording
 from sync.models import PendingWrite, SyncRun, Webhook, WebhookAttempt, WebhookDelivery
 
 
@@ -199,9 +199,11 @@ class SyncRunAdmin(admin.ModelAdmin):
     def progress(self, obj):
         return progress_text(obj)
 
-    @admin.display(description="created / updated / deleted")
+    @admin.display(description="changes")
     def changes(self, obj):
-        return f"{obj.created} / {obj.updated} / {obj.deleted}"
+        if obj.state == SyncRun.State.QUEUED or (obj.started_at and not obj.finished_at):
+            return "—"
+        return wording.run_changes(obj)
 
     @admin.display(description="task result")
     def task_result(self, obj):
