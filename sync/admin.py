@@ -44,7 +44,8 @@ def progress_text(run: SyncRun) -> str:
         if run.calendars_total
         else "discovering calendars"
     )
-    return f"{calendars}, {run.events_processed:,} events"
+    events = "event" if run.events_processed == 1 else "events"
+    return f"{calendars}, {run.events_processed:,} {events} read"
 
 
 def run_link(run_id: int, text: str | None = None) -> str:
@@ -54,6 +55,11 @@ def run_link(run_id: int, text: str | None = None) -> str:
 
 def _task_result_ids():
     return Subquery(TaskResult.objects.filter(task_id=OuterRef("task_id")).values("pk")[:1])
+
+
+# The admin's lists need the width at 1,400 px: no navigation sidebar beside them (the index
+# page and the breadcrumbs lead everywhere).
+admin.site.enable_nav_sidebar = False
 
 
 # --- accounts: "Sync now" and recent syncs --------------------------------------------------
@@ -316,11 +322,11 @@ class SyncTaskResultAdmin(TaskResultAdmin):
 
     @admin.display(description="result")
     def outcome(self, obj):
-        return shortened(obj.result, 48)
+        return shortened(obj.result, 40)
 
     @admin.display(description="worker", ordering="worker")
     def worker_name(self, obj):
-        return shortened(obj.worker, 24)
+        return shortened(obj.worker, 20)
 
     @admin.display(description="sync run")
     def sync_run(self, obj):
