@@ -33,11 +33,13 @@ install: $(STAMP)
 
 install-dev: $(DEV_STAMP)
 
-# Development defaults; real deployments set these in the environment.
-up: export DJANGO_DEBUG ?= 1
-up: export CALY_ALLOW_PRIVATE_URLS ?= 1
+# Development defaults of `make up` and `make demo`; real deployments set these in the environment.
+up demo: export DJANGO_DEBUG ?= 1
+up demo: export CALY_ALLOW_PRIVATE_URLS ?= 1
 # Ctrl-C: honcho kills what is still running after 5 s, so running syncs hand back sooner.
-up: export CALY_SHUTDOWN_GRACE_SECONDS ?= 3
+up demo: export CALY_SHUTDOWN_GRACE_SECONDS ?= 3
+# The workers' console shows each sync run as it starts and ends (sync/lifecycle.py).
+up demo: export CALY_RUN_LOG_LEVEL ?= INFO
 up: install
 	$(BIN)/python manage.py preflight
 	$(BIN)/python manage.py migrate --no-input
@@ -47,8 +49,6 @@ up: install
 # Everything `make up` does, plus a local Radicale with sample calendars, a demo user and
 # account and a first sync (sync/management/commands/demo.py); it prints where to log in.
 # Radicale comes with the development requirements.
-demo: export DJANGO_DEBUG ?= 1
-demo: export CALY_ALLOW_PRIVATE_URLS ?= 1
 demo: install-dev
 	$(BIN)/python manage.py preflight
 	$(BIN)/python manage.py migrate --no-input

@@ -48,6 +48,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    # Swagger UI's files, served from here: /api/docs/ needs no CDN (SPECTACULAR_SETTINGS).
+    "drf_spectacular_sidecar",
     "django_celery_results",
     "django_celery_beat",
     "calendars",
@@ -115,6 +117,9 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# The admin shows times in TIME_ZONE, labelled with it (caly/formats/en/formats.py); the
+# dashboard shows the browser's local time and names its zone.
+FORMAT_MODULE_PATH = ["caly.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
@@ -148,6 +153,9 @@ LOGGING = {
         # already record. Failures are logged at ERROR, whatever this says.
         "celery.app.trace": {"level": env.str("CALY_TASK_LOG_LEVEL", default="WARNING")},
         "celery.worker.strategy": {"level": env.str("CALY_TASK_LOG_LEVEL", default="WARNING")},
+        # A worker's line as each sync run starts and ends (sync/lifecycle.py): off unless asked
+        # for, for the same reason; `make up` and `make demo` show them.
+        "caly.runs": {"level": env.str("CALY_RUN_LOG_LEVEL", default="WARNING")},
         # runserver's access log has a logger of its own; scrub it too (OAuth callback codes).
         "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
@@ -199,6 +207,11 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # Webhook event types: one name whether a webhook or a delivery shows them.
     "ENUM_NAME_OVERRIDES": {"WebhookEventType": "sync.models.Webhook.Type"},
+    # /api/docs/ works without internet: Swagger UI from drf-spectacular-sidecar's static files,
+    # and no validator badge fetched from swagger.io.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
 }
 
 # --- Caly -----------------------------------------------------------------------------------

@@ -6,16 +6,17 @@ from __future__ import annotations
 import datetime as dt
 
 from django.contrib import admin, messages
-from django.db.models import F, OuterRef, Subquery
+from django.db.models import F, OuterRef, Q, Subquery
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.text import Truncator
 from django_celery_results.admin import TaskResultAdmin
 from django_celery_results.models import TaskResult
 
 from calendars.admin import AccountAdmin
 from calendars.models import Account
-from sync import services
+from sync import services, wording
 from sync.models import PendingWrite, SyncRun, Webhook, WebhookAttempt, WebhookDelivery
 
 
@@ -43,7 +44,8 @@ def progress_text(run: SyncRun) -> str:
         if run.calendars_total
         else "discovering calendars"
     )
-    return f"{calendars}, {run.events_processed:,} events"
+    events = "event" if run.events_processed == 1 else "events"
+    return f"{calendars}, {run.events_processed:,} {events} read"
 
 
 def run_link(run_id: int, text: str | None = None) -> str:
@@ -53,6 +55,11 @@ def run_link(run_id: int, text: str | None = None) -> str:
 
 def _task_result_ids():
     return Subquery(TaskResult.objects.filter(task_id=OuterRef("task_id")).values("pk")[:1])
+
+
+# The admin's lists need the width at 1,400 px: no navigation sidebar beside them (the index
+# page and the breadcrumbs lead everywhere).
+admin.site.enable_nav_sidebar = False
 
 
 # --- accounts: "Sync now" and recent syncs --------------------------------------------------
@@ -96,7 +103,7 @@ class SyncAccountAdmin(AccountAdmin):
                     run_link(run.pk),
                     run.get_trigger_display(),
                     run.get_state_display(),
-                    timezone.localtime(run.requested_at).strftime("%Y-%m-%d %H:%M:%S"),
+                    timezone.localtime(run.requested_at).strftime("%Y-%m-%d %H:%M:%S %Z"),
                     duration_text(
                         run.finished_at - run.started_at
                         if run.finished_at and run.started_at
@@ -198,9 +205,11 @@ class SyncRunAdmin(admin.ModelAdmin):
     def progress(self, obj):
         return progress_text(obj)
 
-    @admin.display(description="created / updated / deleted")
+    @admin.display(description="changes")
     def changes(self, obj):
-        return f"{obj.created} / {obj.updated} / {obj.deleted}"
+        if obj.state == SyncRun.State.QUEUED or (obj.started_at and not obj.finished_at):
+            return "—"
+        return wording.run_changes(obj)
 
     @admin.display(description="task result")
     def task_result(self, obj):
@@ -208,7 +217,8 @@ class SyncRunAdmin(admin.ModelAdmin):
         if result_id is None:
             return "—"
         url = reverse("admin:django_celery_results_taskresult_change", args=[result_id])
-        return format_html('<a href="{}">{}</a>', url, obj.task_id)
+        # The first part of the id tells tasks apart; the whole of it is on the run's page.
+        return format_html('<a href="{}" title="{}">{}…</a>', url, obj.task_id, obj.task_id[:8])
 
     def has_add_permission(self, request):
         return False
@@ -220,12 +230,80 @@ class SyncRunAdmin(admin.ModelAdmin):
 # --- task results (django-celery-results) -------------------------------------------------
 admin.site.unregister(TaskResult)
 
+# Beat's resync tick runs every minute and mostly finds nothing to queue: such results are left
+# out of the list unless asked for. The result as the backend stores it (JSON).
+IDLE_TICK = Q(
+    task_name="sync.resync_stale",
+    status="SUCCESS",
+    result__in=['{"queued_runs": []}', '{"queued_runs":[]}'],
+)
+
+
+class ShownTasksFilter(admin.SimpleListFilter):
+    """What the list shows; by default everything but the resync ticks that queued nothing."""
+
+    title = "shown"
+    parameter_name = "show"
+
+    def lookups(self, request, model_admin):
+        return [
+            ("syncs", "Syncs only"),
+            ("beat", "Sent by beat"),
+            ("all", "All, idle resync ticks too"),
+        ]
+
+    def choices(self, changelist):
+        yield {
+            "selected": self.value() is None,
+            "query_string": changelist.get_query_string(remove=[self.parameter_name]),
+            "display": "All but idle resync ticks",
+        }
+        for lookup, title in self.lookup_choices:
+            yield {
+                "selected": self.value() == lookup,
+                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
+                "display": title,
+            }
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == "all":
+            return queryset
+        if value == "syncs":
+            return queryset.filter(task_name="sync.run_sync")
+        if value == "beat":
+            return queryset.exclude(periodic_task_name=None).exclude(periodic_task_name="")
+        return queryset.exclude(IDLE_TICK)
+
+
+def shortened(value, length: int):
+    """A long value cut to `length` characters, the whole of it (up to a limit) on hover."""
+    if not value:
+        return "—"
+    text = str(value)
+    if len(text) <= length:
+        return text
+    return format_html(
+        '<span title="{}">{}</span>', Truncator(text).chars(1000), Truncator(text).chars(length)
+    )
+
 
 @admin.register(TaskResult)
 class SyncTaskResultAdmin(TaskResultAdmin):
-    """Celery's task history, each result linked to the sync run it carried."""
+    """Celery's task history, each result linked to the sync run it carried; a few short columns
+    so the list reads at laptop width (the task id, arguments and the rest are on each page)."""
 
-    list_display = [*TaskResultAdmin.list_display, "sync_run"]
+    list_display = [
+        "task_name",
+        "sent_by",
+        "date_done",
+        "status",
+        "outcome",
+        "worker_name",
+        "sync_run",
+    ]
+    list_display_links = ["task_name"]
+    list_filter = [ShownTasksFilter, "status", "task_name", "periodic_task_name", "date_done"]
     fieldsets = (
         (None, {"fields": ("sync_run",)}),
         *TaskResultAdmin.fieldsets,
@@ -237,6 +315,18 @@ class SyncTaskResultAdmin(TaskResultAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return [*super().get_readonly_fields(request, obj), "sync_run"]
+
+    @admin.display(description="beat entry", ordering="periodic_task_name")
+    def sent_by(self, obj):
+        return obj.periodic_task_name or "—"
+
+    @admin.display(description="result")
+    def outcome(self, obj):
+        return shortened(obj.result, 40)
+
+    @admin.display(description="worker", ordering="worker")
+    def worker_name(self, obj):
+        return shortened(obj.worker, 20)
 
     @admin.display(description="sync run")
     def sync_run(self, obj):
@@ -257,7 +347,7 @@ class PendingWriteAdmin(admin.ModelAdmin):
         "recurrence_id",
         "state",
         "accepted_at",
-        "error",
+        "error_text",
     )
     list_filter = ("state", "kind", "account")
     search_fields = ("uid", "href", "error")
@@ -266,6 +356,10 @@ class PendingWriteAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+    @admin.display(description="error", ordering="error")
+    def error_text(self, obj):
+        return shortened(obj.error, 60)
 
 
 # --- webhooks and their deliveries ------------------------------------------------------------
@@ -295,7 +389,11 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
 @admin.register(Webhook)
 class WebhookAdmin(admin.ModelAdmin):
-    list_display = ("id", "owner", "url", "active", "failing_since", "created_at")
+    list_display = ("id", "owner", "url_text", "active", "failing_since", "created_at")
     list_filter = ("active",)
     search_fields = ("url", "owner__username")
     readonly_fields = ("owner", "events", "failing_since", "created_at")
+
+    @admin.display(description="URL", ordering="url")
+    def url_text(self, obj):
+        return shortened(obj.url, 60)

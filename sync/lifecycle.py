@@ -140,3 +140,51 @@ def close_task_db_connections(**kwargs):
     from django.db import close_old_connections
 
     close_old_connections()
+
+
+# --- a line per sync run (logger "caly.runs", CALY_RUN_LOG_LEVEL) ---------------------------
+run_logger = logging.getLogger("caly.runs")
+
+
+def _run_of(args, kwargs):
+    """The SyncRun a sync.run_sync task is about (with its account), if it is still there."""
+    from sync.models import SyncRun
+
+    run_id = args[0] if args else (kwargs or {}).get("run_id")
+    return SyncRun.objects.select_related("account").filter(pk=run_id).first(), run_id
+
+
+@signals.task_prerun.connect(dispatch_uid="caly.log_run_start")
+def log_run_start(sender=None, args=None, kwargs=None, **extra):
+    """ "sync #12 of 'Work' (dashboard) starting", when asked for (the demo's console)."""
+    if getattr(sender, "name", None) != RUN_SYNC or not run_logger.isEnabledFor(logging.INFO):
+        return
+    run, run_id = _run_of(args, kwargs)
+    if run is None:
+        run_logger.info("sync #%s: withdrawn before it started", run_id)
+        return
+    run_logger.info("sync #%s of %r (%s) starting", run.pk, run.account.name, run.trigger)
+
+
+@signals.task_postrun.connect(dispatch_uid="caly.log_run_end")
+def log_run_end(sender=None, args=None, kwargs=None, **extra):
+    """How the run ended, in the words of its stored state: time taken, changes or error."""
+    if getattr(sender, "name", None) != RUN_SYNC or not run_logger.isEnabledFor(logging.INFO):
+        return
+    from sync.wording import run_changes, run_took
+
+    run, run_id = _run_of(args, kwargs)
+    if run is None:
+        return
+    if run.state == run.State.QUEUED:
+        if run.deferred:
+            why = "waits for the account's running sync"
+        elif run.retry_at:
+            why = f"tries again later: {run.error}" if run.error else "tries again later"
+        else:
+            why = "handed back to the queue: this worker is stopping"
+        run_logger.info("sync #%s of %r %s", run.pk, run.account.name, why)
+        return
+    took = f" in {run_took(run)}" if run.finished_at and run.started_at else ""
+    outcome = run.error if run.state == run.State.FAILED else run_changes(run)
+    run_logger.info("sync #%s of %r %s%s: %s", run.pk, run.account.name, run.state, took, outcome)

@@ -24,6 +24,7 @@ class SyncRun(models.Model):
         ADMIN = "admin", "Admin"
         WRITE = "write", "Write"  # carries events changed through Caly to the server
         PUSH = "push", "Push"  # the server said a calendar changed (Google push)
+        DASHBOARD = "dashboard", "Dashboard"  # "Sync now" / "Sync all" on the dashboard
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"

@@ -75,11 +75,14 @@ def accounts_due_for_resync(
     return due.order_by("last_attempt", "id")
 
 
-def accounts_overview(*, user) -> list[Account]:
-    """The user's accounts for the dashboard, each with `event_count`, `last_sync_ended_at` and
-    `next_sync_at` (None: not scheduled)."""
+def accounts_overview(*, user, account_id: int | None = None) -> list[Account]:
+    """The user's accounts (or the one of them with `account_id`) for the dashboard, each with
+    `event_count`, `last_sync_ended_at` and `next_sync_at` (None: not scheduled)."""
+    mine = Account.objects.filter(owner=user)
+    if account_id is not None:
+        mine = mine.filter(pk=account_id)
     accounts = list(
-        _last_attempt(Account.objects.filter(owner=user).defer("credentials"))
+        _last_attempt(mine.defer("credentials"))
         .annotate(event_count=Count("calendars__events"))
         .order_by("name", "id")
     )

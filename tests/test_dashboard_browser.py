@@ -1,11 +1,13 @@
 """The dashboard in a real browser: headless Chromium (Debian's chromium + chromium-driver) against
-a live server, a real Celery worker and a real Radicale.
+a live server, a real Celery worker and a real Radicale. The browser resolves no name but
+loopback's, as on a machine without internet: the page, the admin and the API docs need none.
 
 A person signs in, presses "Sync now" and watches the run go queued → running → succeeded and
 its event count appear, without reloading. A proxy in front of Radicale holds the sync's REPORT
 requests so the `running` state lasts until the test has seen it. In "This week" they create,
 edit and delete an event, and each change reaches Radicale; the proxy holds the answer to the
-create's PUT so the event's `pending` state lasts until the test has seen it.
+create's PUT so the event's `pending` state lasts until the test has seen it. They connect a
+CalDAV account from the form, switch one of its calendars off, rename and remove it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import zoneinfo
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
@@ -59,6 +61,8 @@ def browser():
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
+        # No internet: every name but loopback's fails to resolve.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
         f"--user-data-dir={profile}",
         "--window-size=1280,900",
     ):
@@ -131,7 +135,7 @@ def test_sync_now_shows_the_run_live_from_queued_to_succeeded(
     first = wait_for(
         lambda: SyncRun.objects.filter(account=account).first(), timeout=10, what="the run"
     )
-    assert first.trigger == "api"
+    assert first.trigger == "dashboard"
     wait_for(lambda: proxy.held, timeout=30, what="the sync to reach the calendar listing")
     wait_for(
         lambda: shown_state(browser, first.pk) == "running",
@@ -158,10 +162,9 @@ def test_sync_now_shows_the_run_live_from_queued_to_succeeded(
         what="the page to show the first run succeeded",
     )
     first_row = run_row(browser, first.pk)
-    assert first_row.find_element(By.CSS_SELECTOR, ".progress").text == "5 events"
-    assert first_row.find_element(By.CSS_SELECTOR, ".result").text == (
-        "5 new, 0 changed, 0 removed"
-    )
+    assert first_row.find_element(By.CSS_SELECTOR, ".progress").text == "5 events read"
+    assert first_row.find_element(By.CSS_SELECTOR, ".result").text == "5 events created"
+    assert first_row.find_element(By.CSS_SELECTOR, ".trigger").text == "Dashboard"
     # Every state the page showed for the run, in order, without a reload.
     assert first_row.get_attribute("data-states") == "queued running succeeded"
     wait_for(
@@ -180,7 +183,9 @@ def test_sync_now_shows_the_run_live_from_queued_to_succeeded(
         timeout=10,
         what="the last sync time",
     )
-    assert re.match(r"in 1[45] min \(", cell(browser, f"{row} .next-sync"))
+    # A clock time, labelled with the browser's zone (UTC here), named at the top of the page.
+    assert re.match(r"in 1[45] min \(.+ UTC\)$", cell(browser, f"{row} .next-sync"))
+    assert "UTC" in cell(browser, "#zone-note")
     assert browser.find_element(By.ID, "banner").is_displayed() is False
 
 
@@ -388,3 +393,143 @@ def test_this_week_creates_edits_and_deletes_an_event_on_the_server(
     finally:
         proxy.release_put_answers()
         browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": ""})
+
+
+def test_api_docs_render_without_internet(browser, live_server):
+    """Swagger UI's files come from Caly itself: the docs list the operations with no CDN."""
+    try:  # the network is cut off indeed
+        browser.get("https://cdn.jsdelivr.net/")
+        assert "ERR_NAME_NOT_RESOLVED" in browser.page_source
+    except WebDriverException as exc:
+        assert "ERR_NAME_NOT_RESOLVED" in str(exc)
+
+    browser.get(live_server.url + "/api/docs/")
+
+    def listed(path: str) -> bool:
+        try:
+            return any(
+                (element.get_attribute("data-path") or element.text.replace("\u200b", "")) == path
+                for element in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
+            )
+        except StaleElementReferenceException:  # drawn again meanwhile: ask again
+            return False
+
+    wait_for(lambda: listed("/api/accounts/"), timeout=20, what="Swagger UI's operations")
+    assert listed("/api/sync/")
+    loaded = browser.execute_script(
+        "return performance.getEntriesByType('resource').map((e) => new URL(e.name).origin)"
+    )
+    assert loaded and set(loaded) == {live_server.url}
+
+
+def test_connecting_switching_renaming_and_removing_an_account(
+    browser, live_server, radicale, worker
+):
+    name = f"garden-{uuid.uuid4().hex[:8]}"
+    radicale.make_calendar(name, display_name="Garden")
+    radicale.put(name, "plant.ics", vevent(f"plant-{name}@example.com", summary="Plant"))
+    user = make_user("kim")
+    try:
+        browser.delete_all_cookies()
+        sign_in(browser, live_server, "kim")
+        assert "No accounts connected yet" in cell(browser, "#accounts")
+        assert "CALY_GOOGLE_CLIENT_ID" in cell(browser, "#google-connect")  # not set up here
+
+        # The API's 400 is shown under the field it names; nothing is connected.
+        form = browser.find_element(By.ID, "connect-caldav")
+        form.find_element(By.NAME, "url").send_keys("not a url")
+        form.find_element(By.NAME, "username").send_keys(radicale.user)
+        form.find_element(By.NAME, "password").send_keys(radicale.password)
+        form.find_element(By.NAME, "name").send_keys("Garden server")
+        form.find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
+        url_error = '#connect-caldav .field-error[data-for="url"]'
+        wait_for(
+            lambda: "Enter a valid URL." in cell(browser, url_error),
+            timeout=10,
+            what="the error under the URL",
+        )
+        assert form.find_element(By.NAME, "url").get_attribute("aria-invalid") == "true"
+        assert not Account.objects.filter(owner=user).exists()
+
+        url = form.find_element(By.NAME, "url")
+        url.clear()
+        url.send_keys(radicale.base_url + "/")
+        form.find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
+        account = wait_for(
+            lambda: Account.objects.filter(owner=user).first(), timeout=30, what="the account"
+        )
+        row = f"#account-{account.pk}"
+        wait_for(
+            lambda: browser.find_elements(By.CSS_SELECTOR, f"{row} .name"),
+            timeout=10,
+            what="the account's row",
+        )
+        assert cell(browser, f"{row} .name") == "Garden server"
+        assert not browser.find_element(By.CSS_SELECTOR, url_error).is_displayed()
+        # Connected, then synced at once, as asked for on the dashboard.
+        run = wait_for(
+            lambda: SyncRun.objects.filter(account=account, state="succeeded").first(),
+            timeout=30,
+            what="the first sync",
+        )
+        assert run.trigger == SyncRun.Trigger.DASHBOARD
+        wait_for(
+            lambda: shown_state(browser, run.pk) == "succeeded",
+            timeout=15,
+            what="the page to show it",
+        )
+
+        # Its calendars, each with its switch: switching one off stops syncing it.
+        calendar = Calendar.objects.get(account=account, remote_id__endswith=f"/{name}/")
+        switch = f'{row} input.selected[data-calendar="{calendar.pk}"]'
+        wait_for(
+            lambda: browser.find_elements(By.CSS_SELECTOR, switch), timeout=10, what="the switch"
+        )
+        assert browser.find_element(By.CSS_SELECTOR, switch).is_selected()
+        assert cell(browser, f'{row} li[data-calendar="{calendar.pk}"]') == "Garden"
+
+        def switch_off():
+            try:
+                browser.find_element(By.CSS_SELECTOR, switch).click()
+                return True
+            except StaleElementReferenceException:  # the list was drawn again meanwhile
+                return None
+
+        wait_for(switch_off, timeout=10, what="the switch to be clicked")
+        wait_for(
+            lambda: not Calendar.objects.get(pk=calendar.pk).selected,
+            timeout=10,
+            what="the calendar switched off",
+        )
+        wait_for(
+            lambda: not browser.find_element(By.CSS_SELECTOR, switch).is_selected(),
+            timeout=10,
+            what="the switch to show off",
+        )
+
+        browser.find_element(By.CSS_SELECTOR, f"{row} .rename-account").click()
+        field = browser.find_element(By.CSS_SELECTOR, f'{row} form.rename input[name="name"]')
+        field.clear()
+        field.send_keys("Garden (home)")
+        browser.find_element(By.CSS_SELECTOR, f'{row} form.rename button[type="submit"]').click()
+        wait_for(
+            lambda: cell(browser, f"{row} .name") == "Garden (home)",
+            timeout=10,
+            what="the new name",
+        )
+        assert Account.objects.get(pk=account.pk).name == "Garden (home)"
+        assert not browser.find_element(By.CSS_SELECTOR, f"{row} form.rename").is_displayed()
+
+        browser.find_element(By.CSS_SELECTOR, f"{row} .remove-account").click()
+        alert = WebDriverWait(browser, 10).until(expected_conditions.alert_is_present())
+        assert "Garden (home)" in alert.text
+        alert.accept()
+        wait_for(
+            lambda: not browser.find_elements(By.CSS_SELECTOR, row),
+            timeout=10,
+            what="the account to leave the page",
+        )
+        assert not Account.objects.filter(pk=account.pk).exists()
+        assert "No accounts connected yet" in cell(browser, "#accounts")
+    finally:
+        radicale.delete_calendar(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import uuid
 
 import pytest
 from django.urls import reverse
@@ -118,7 +119,7 @@ def test_accounts_and_calendars_show_status_errors_and_counts(admin_client):
     calendar.missing_since = dt.datetime(2026, 11, 29, 9, 30, tzinfo=dt.UTC)
     calendar.save(update_fields=["missing_since"])
     calendars = admin_client.get("/admin/calendars/calendar/")
-    assert re.search(r'class="field-missing_since[^>]*>Nov\. 29, 2026', calendars.text)
+    assert re.search(r'class="field-missing_since[^>]*>2026-11-29 09:30:00 UTC<', calendars.text)
 
 
 @pytest.mark.django_db  # runs before any transactional test flushes the migration's rows
@@ -176,3 +177,43 @@ def test_sync_now_action_queues_through_the_service_and_links_task_and_run(
     assert run_url in admin_client.get("/admin/django_celery_results/taskresult/").text
     assert result_url in admin_client.get(run_url).text
     assert result_url in admin_client.get("/admin/sync/syncrun/").text
+
+
+@pytest.mark.django_db
+def test_task_results_leave_out_idle_resync_ticks_unless_asked(admin_client):
+    """Beat's tick runs every minute: those that queued nothing are hidden by default, and the
+    list's times say they are UTC."""
+    from caly.celery import app
+
+    def result(task_name, value, **fields) -> TaskResult:
+        content_type, encoding, encoded = app.backend.encode_content(value)
+        return TaskResult.objects.create(
+            task_id=str(uuid.uuid4()),
+            task_name=task_name,
+            status=fields.pop("status", "SUCCESS"),
+            result=encoded,
+            content_type=content_type,
+            content_encoding=encoding,
+            **fields,
+        )
+
+    tick = "Resync stale accounts"
+    idle = result("sync.resync_stale", {"queued_runs": []}, periodic_task_name=tick)
+    busy = result("sync.resync_stale", {"queued_runs": [7, 8]}, periodic_task_name=tick)
+    failed = result("sync.resync_stale", None, periodic_task_name=tick, status="FAILURE")
+    sync = result("sync.run_sync", {"run": 7, "state": "succeeded", "created": 3})
+
+    def listed(query: str = "") -> set[int]:
+        page = admin_client.get(f"/admin/django_celery_results/taskresult/{query}")
+        assert page.status_code == 200
+        found = re.findall(
+            r'href="/admin/django_celery_results/taskresult/(\d+)/change/', page.text
+        )
+        return {int(pk) for pk in found}
+
+    assert listed() == {busy.pk, failed.pk, sync.pk}
+    assert listed("?show=all") == {idle.pk, busy.pk, failed.pk, sync.pk}
+    assert listed("?show=syncs") == {sync.pk}
+    page = admin_client.get("/admin/django_celery_results/taskresult/").text
+    assert "All but idle resync ticks" in page
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", page)

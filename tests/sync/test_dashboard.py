@@ -121,3 +121,97 @@ def test_calendars_the_server_left_out_are_named_until_the_next_sync_decides():
     assert "Caly keeps it with its events; the next sync deletes it unless" in block
     assert visible_notices(block) == []
     assert "missing-calendar" not in account_block(html, other)
+
+
+def test_sync_now_on_the_dashboard_is_recorded_as_the_dashboard():
+    """The page's own endpoint takes the signed-in session (with its CSRF token) only; the API
+    stays `api`, whoever calls it."""
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    from sync.models import SyncRun
+
+    user = make_user("nina")
+    account = make_account(user, name="Home")
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    page = client.get("/")
+    token = re.search(r'id="csrf-token" value="([^"]+)"', page.text).group(1)
+
+    refused = client.post(
+        "/dashboard/sync/", {"account": account.pk}, content_type="application/json"
+    )
+    assert refused.status_code == 403 and not SyncRun.objects.exists()
+
+    answer = client.post(
+        "/dashboard/sync/",
+        {"account": account.pk},
+        content_type="application/json",
+        headers={"X-CSRFToken": token},
+    )
+    assert answer.status_code == 202
+    (run,) = answer.json()["runs"]
+    assert run["trigger"] == "dashboard" and run["state"] == "queued"
+    assert SyncRun.objects.get(pk=run["id"]).trigger == SyncRun.Trigger.DASHBOARD
+
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    assert api.post("/dashboard/sync/", {"account": account.pk}, format="json").status_code in (
+        401,
+        403,
+    )
+    other = make_account(make_user("oscar"))
+    mine_only = client.post(
+        "/dashboard/sync/",
+        {"account": other.pk},
+        content_type="application/json",
+        headers={"X-CSRFToken": token},
+    )
+    assert mine_only.status_code == 400 and "account" in mine_only.json()
+
+
+def shown(html: str, column: str) -> list[str]:
+    """The recent runs' cells of one column (the empty row template left out)."""
+    return [text for text in re.findall(rf'class="{column}">([^<]*)<', html) if text]
+
+
+def test_runs_say_what_changed_in_words():
+    from sync.models import SyncRun
+
+    user = make_user("pia")
+    account = make_account(user, name="Home")
+    done = {"state": "succeeded", "started_at": timezone.now(), "finished_at": timezone.now()}
+    SyncRun.objects.create(account=account, trigger="schedule", calendars_total=2, **done)
+    SyncRun.objects.create(
+        account=account, trigger="dashboard", events_processed=1, updated=1, **done
+    )
+    SyncRun.objects.create(
+        account=account, trigger="api", events_processed=4, created=3, deleted=1, **done
+    )
+
+    html = signed_in(user).get("/").text
+
+    assert shown(html, "progress") == [
+        "4 events read",
+        "1 event read",
+        "nothing new to read",
+    ]
+    assert shown(html, "result") == [
+        "3 events created, 1 deleted",
+        "1 event updated",
+        "no change",
+    ]
+    assert shown(html, "trigger") == ["API", "Dashboard", "Schedule"]
+
+
+def test_an_account_added_on_the_page_gets_its_rows_as_served():
+    user = make_user("quinn")
+    mine = make_account(user, name="Home")
+    other = make_account(make_user("rita"), name="Rita's")
+    client = signed_in(user)
+
+    block = client.get(f"/dashboard/accounts/{mine.pk}/").text
+
+    assert account_block(block, mine) == account_block(client.get("/").text, mine)
+    assert client.get(f"/dashboard/accounts/{other.pk}/").status_code == 404
+    assert Client().get(f"/dashboard/accounts/{mine.pk}/").status_code == 302
