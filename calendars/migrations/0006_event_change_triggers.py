@@ -3,7 +3,9 @@
 PostgreSQL: one statement-level trigger per kind of statement, reading the statement's rows from
 its transition table, so a sync's batch of 500 upserts costs one more INSERT, not 500; each
 change carries its transaction's id (pg_current_xact_id) for the feed's ordering. SQLite (one
-writer at a time): row-level triggers, transaction id 0.
+writer at a time): row-level triggers, transaction id 0 — created after every `migrate` and
+dropped before it (`calendars.apps`), since SQLite rebuilds a table to alter it and a trigger
+naming a table being rebuilt stops the migration.
 """
 
 from django.db import migrations
@@ -47,8 +49,9 @@ DROP FUNCTION calendars_event_changed();
 
 
 def _sqlite_trigger(operation: str, row: str, kind: str) -> str:
+    name = {"INSERT": "inserted", "UPDATE": "updated", "DELETE": "deleted"}[operation]
     return f"""
-CREATE TRIGGER calendars_event_{operation.lower()}d AFTER {operation} ON calendars_event BEGIN
+CREATE TRIGGER IF NOT EXISTS calendars_event_{name} AFTER {operation} ON calendars_event BEGIN
     INSERT INTO calendars_eventchange ({COLUMNS})
     SELECT a.owner_id, a.id, {row}.calendar_id, {row}.id, {row}.uid, {row}.recurrence_id, {kind},
            0, strftime('%Y-%m-%d %H:%M:%f', 'now')
@@ -65,18 +68,24 @@ SQLITE = [
 ]
 
 
+def sqlite_triggers_create(cursor) -> None:
+    for statement in SQLITE:
+        cursor.execute(statement)
+
+
+def sqlite_triggers_drop(cursor) -> None:
+    for name in ("inserted", "updated", "deleted"):
+        cursor.execute(f"DROP TRIGGER IF EXISTS calendars_event_{name}")
+
+
 def create(apps, schema_editor):
-    statements = [POSTGRES] if schema_editor.connection.vendor == "postgresql" else SQLITE
-    for statement in statements:
-        schema_editor.execute(statement)
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(POSTGRES)
 
 
 def drop(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
         schema_editor.execute(POSTGRES_REVERSE)
-    else:
-        for name in ("inserted", "updated", "deleted"):
-            schema_editor.execute(f"DROP TRIGGER calendars_event_{name}")
 
 
 class Migration(migrations.Migration):
