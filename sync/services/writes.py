@@ -362,13 +362,19 @@ def _settle_applied(write: PendingWrite, result: RemoteObject | None, *, fence) 
                 _events(write).update(uid=uid)  # the server named it otherwise
                 write.uid = uid
                 write.save(update_fields=["uid"])
-            events_apply(
-                calendar=write.calendar, batch=ChangeBatch(objects=[result]), own_write=True
-            )
         _close(write, PendingWrite.State.APPLIED)
-        if not PendingWrite.objects.filter(
+        later = PendingWrite.objects.filter(
             calendar=write.calendar, uid=write.uid, state=PendingWrite.State.PENDING
-        ).exists():
+        ).exists()
+        if result is not None and later:
+            # Newer changes of the event wait their turn: the rows keep them, and only the
+            # etag the next write is conditional on moves.
+            rows = Event.objects.filter(calendar=write.calendar, href=normalize_href(result.href))
+            rows.update(etag=result.etag)
+        elif result is not None:
+            batch = ChangeBatch(objects=[result])
+            events_apply(calendar=write.calendar, batch=batch, own_write=True)
+        if not later:
             _events(write).update(sync_state=Event.SyncState.SYNCED, sync_error="")
 
 

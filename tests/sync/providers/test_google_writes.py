@@ -34,7 +34,9 @@ VALUES = dict(
 
 
 @pytest.fixture(autouse=True)
-def google_settings(settings, google):
+def google_settings(settings, google, lab):
+    """Talking to the fake; on queues of the test's own (`lab`), so that no worker of the run
+    takes the writes' runs, which these tests carry out themselves."""
     for name, value in google.settings().items():
         setattr(settings, name, value)
     return settings
