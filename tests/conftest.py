@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
 from tests.factories import make_user
 from tests.support.caldav_servers import start_radicale, start_xandikos
+from tests.support.database import wait_for_other_connections_idle
 from tests.support.fake_google import FakeGoogle
 from tests.support.schedules import beat_schedule  # noqa: F401 (fixture)
 from tests.support.workers import start_worker
@@ -38,15 +41,23 @@ def _private_queues():
 
 
 @pytest.fixture(autouse=True)
-def _beat_schedule_after_flush(request):
+def _transactional_test(request):
     """A transactional test starts on tables the one before it flushed, without the rows the data
-    migrations wrote: beat's schedule is put back, as every real database has it."""
+    migrations wrote: beat's schedule is put back, as every real database has it. When it ends,
+    the tables are flushed only once the workers are done with them: a worker still inside a
+    transaction (ending a run the test no longer waits for) would deadlock with the TRUNCATE."""
     marker = request.node.get_closest_marker("django_db")
     marked = marker is not None and marker.kwargs.get(
         "transaction", bool(marker.args and marker.args[0])
     )
-    if marked or {"transactional_db", "live_server"} & set(request.fixturenames):
-        request.getfixturevalue("beat_schedule")
+    if not (marked or {"transactional_db", "live_server"} & set(request.fixturenames)):
+        yield
+        return
+    request.getfixturevalue("beat_schedule")
+    yield
+    if not wait_for_other_connections_idle():
+        busy = f"{request.node.nodeid}: workers still busy when its tables were flushed"
+        warnings.warn(busy, stacklevel=1)
 
 
 @pytest.fixture
