@@ -13,6 +13,8 @@ the sync queue; accounts use the fake provider of the test suite. Figures:
 - max_displacement_*: the most places a request started behind a later one (promise: <= C-1).
 - fleet_*: 200 accounts behind a provider taking 100 ms a request; wall time / ideal, where
   ideal = requests x latency / slots. Chart: bench/out/queue_start_order.png.
+- fleet_ceiling_wall_over_ideal: the same fleet as tasks that only wait 200 ms and keep their
+  result in the task history: what the queue and the machine allow before any sync work.
 - cpu_ms_per_run_workers / _machine: CPU per no-change run in the worker processes, and on the
   whole machine (PostgreSQL, RabbitMQ, the kernel too); machine_cpu_busy_share: how busy all
   cores were meanwhile (1.0: the machine was the limit).
@@ -44,7 +46,7 @@ from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import connection  # noqa: E402
 
-from bench.queue_tasks import history_only, noop  # noqa: E402
+from bench.queue_tasks import FLEET_WAIT_S, history_only, noop, wait_history  # noqa: E402
 from caly.celery import app  # noqa: E402
 from sync.broker import sync_queue  # noqa: E402
 from sync.models import SyncRun  # noqa: E402
@@ -168,6 +170,19 @@ def wait_terminal(run_ids: list[int], timeout: float = 600) -> list[SyncRun]:
             return list(SyncRun.objects.filter(pk__in=run_ids))
         time.sleep(0.05)
     raise RuntimeError(f"{pending} runs did not finish in {timeout}s")
+
+
+def wait_results(task_name: str, count: int, timeout: float = 600) -> float:
+    """When the last of `count` results of `task_name` was stored (a Unix time)."""
+    from django_celery_results.models import TaskResult
+
+    results = TaskResult.objects.filter(task_name=task_name)
+    deadline = time.monotonic() + timeout
+    while results.count() < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{task_name}: fewer than {count} results in {timeout}s")
+        time.sleep(0.05)
+    return max(r.date_done for r in results).timestamp()
 
 
 def publish(task, count: int) -> None:
@@ -313,6 +328,19 @@ def main() -> None:
         figures["fleet_run_duration_p50_s"] = percentile(durations, 50)
         figures["fleet_run_duration_p95_s"] = percentile(durations, 95)
         chart(fleet_runs, OUT / "queue_start_order.png")
+
+        # 5. The fleet's ceiling: the same 200 as tasks that wait what a sync's provider takes
+        #    and keep their result, as a sync does; nothing else.
+        assert FLEET_WAIT_S == FLEET_REQUESTS_PER_SYNC * FLEET_LATENCY
+        fleet.consume(False)
+        publish(wait_history, FLEET)
+        consuming_from = time.time()
+        fleet.consume(True)
+        done = wait_results("bench.wait_history", FLEET)
+        figures["fleet_ceiling_wall_over_ideal"] = (done - consuming_from) / ideal
+        figures["fleet_to_ceiling_ratio"] = (
+            figures["fleet_wall_over_ideal"] / figures["fleet_ceiling_wall_over_ideal"]
+        )
         figures["chart"] = "bench/out/queue_start_order.png"
 
         figures["load_average_at_end"] = round(os.getloadavg()[0], 2)

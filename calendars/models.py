@@ -57,6 +57,11 @@ class Calendar(models.Model):
     # When the CalDAV server last refused sync-collection for this calendar although it offered
     # it; the calendar syncs by ctag until a day later, then sync-collection is tried again.
     sync_refused_at = models.DateTimeField(null=True, blank=True)
+    # How its objects are best fetched (`sync.remote.Fetching`), learnt from a server too slow to
+    # answer for the whole calendar at once: list first, then batches of `fetch_batch` (0: the
+    # default size). Kept so that the next sync does not learn it again.
+    fetch_by_listing = models.BooleanField(default=False)
+    fetch_batch = models.PositiveIntegerField(default=0)
     last_synced_at = models.DateTimeField(null=True, blank=True)
     # When a sync first found the calendar missing from the server's list; the next sync that
     # does not find it either deletes it. Cleared when it is listed again.

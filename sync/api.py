@@ -238,6 +238,10 @@ class SyncRunSerializer(serializers.ModelSerializer):
             "calendars_done": serializers.IntegerField(),
             "calendars_total": serializers.IntegerField(),
             "events_processed": serializers.IntegerField(),
+            # Through listings of calendars fetched in full (a first sync by listing, say):
+            # objects stored as listed so far, of those listed (0 of 0: no listing).
+            "objects_done": serializers.IntegerField(),
+            "objects_total": serializers.IntegerField(),
         },
         read_only=True,
     )

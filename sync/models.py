@@ -47,6 +47,10 @@ class SyncRun(models.Model):
     calendars_total = models.PositiveIntegerField(default=0)
     calendars_done = models.PositiveIntegerField(default=0)
     events_processed = models.PositiveIntegerField(default=0)
+    # Through the listings of the calendars it fetches in full or in part: objects listed, and
+    # those stored as listed so far (fetched by this run, or already stored before it).
+    objects_total = models.PositiveIntegerField(default=0)
+    objects_done = models.PositiveIntegerField(default=0)
     # Readable for a person; never carries credentials.
     error = models.TextField(blank=True)
     # Objects that could not be read (malformed iCalendar and the like); the rest still syncs.
@@ -90,6 +94,8 @@ class SyncRun(models.Model):
             "calendars_done": self.calendars_done,
             "calendars_total": self.calendars_total,
             "events_processed": self.events_processed,
+            "objects_done": self.objects_done,
+            "objects_total": self.objects_total,
         }
 
 

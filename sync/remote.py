@@ -66,18 +66,38 @@ class Cursor(msgspec.Struct, frozen=True):
     sync_refused_at: dt.datetime | None = None
 
 
+class Fetching(msgspec.Struct, frozen=True):
+    """How a calendar's objects are best fetched, learnt from its server and kept per calendar.
+
+    `by_listing`: its server could not answer a request for the whole calendar in time, so its
+    full syncs list hrefs and etags first and fetch the objects in batches. `batch`: how many
+    objects one request brought in time (a multiget, a Google page); 0: the default.
+    """
+
+    by_listing: bool = False
+    batch: int = 0
+
+
 @dataclass
 class ChangeBatch:
     """A slice of a calendar's changes, applied in its own transaction.
 
     `cursor` is set only on the last batch: the sync state is saved once everything before it is
-    stored, so an interrupted sync starts again from the old state and loses nothing.
+    stored, so an interrupted sync starts again from the old state and loses nothing (and does
+    not fetch again what it stored: see docs/large-calendars.md).
     """
 
     objects: list[RemoteObject] = field(default_factory=list)
     deleted_hrefs: list[str] = field(default_factory=list)
     skipped: list[SkippedObject] = field(default_factory=list)
     cursor: Cursor | None = None
+    # What the provider learnt about fetching this calendar, when it changed; kept with the
+    # batch, so that a sync interrupted after it does not learn it again.
+    fetching: Fetching | None = None
+    # Progress through a listing: `listed` (on the batch that first reports a listing) is how
+    # many objects it holds, `unchanged` how many of them were stored already, as listed.
+    listed: int = 0
+    unchanged: int = 0
 
 
 class EventValues(msgspec.Struct, frozen=True):

@@ -64,6 +64,9 @@ class Counts:
     # Events applied but not yet added to the run's progress: the last batch's are written
     # with the run's ending instead of in a statement of their own.
     events_unrecorded: int = 0
+    # Objects listed and stored as listed (SyncRun.objects_total/_done), when a listing said.
+    objects_total: int = 0
+    objects_done: int = 0
     # Calendars found unchanged (nothing written): their last_synced_at is set with the ending.
     calendars_unchanged: list[int] = field(default_factory=list)
     # What the sync learnt about its account (a calendar home that moved), saved with the ending.

@@ -14,6 +14,7 @@ from caly.scrub import scrub
 from sync.remote import (
     ChangeBatch,
     Cursor,
+    Fetching,
     LocalChange,
     OutgoingWrite,
     RemoteCalendar,
@@ -40,6 +41,11 @@ class TransientError(ProviderError):
     def __init__(self, message: str, *, retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class TimedOut(TransientError):
+    """The server did not answer one request within CALY_HTTP_TIMEOUT. A sync that asked for a
+    lot at once asks for less instead of asking the same again (docs/large-calendars.md)."""
 
 
 class AuthError(ProviderError):
@@ -92,13 +98,20 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     def changes(
-        self, calendar: RemoteCalendar, *, cursor: Cursor, stored_etags: StoredEtags
+        self,
+        calendar: RemoteCalendar,
+        *,
+        cursor: Cursor,
+        stored_etags: StoredEtags,
+        fetching: Fetching = Fetching(),  # noqa: B008 - immutable
     ) -> Iterator[ChangeBatch]:
         """What changed in `calendar` since `cursor`, in batches.
 
         `stored_etags()` gives each stored href's etag, for `engine.changed_hrefs` and
         `engine.listing_diff` to say what to fetch and what disappeared; call it only when
-        there is something to compare. The last batch carries the new cursor.
+        there is something to compare. The last batch carries the new cursor. `fetching` is
+        what earlier syncs learnt about fetching this calendar; a batch carries it anew when
+        this sync learns otherwise.
         """
 
     @classmethod

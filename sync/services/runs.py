@@ -22,7 +22,7 @@ from sync.leases import LeaseHeartbeat, LeaseLost, lease_fence
 from sync.models import SyncRun, Webhook
 from sync.providers import provider_for
 from sync.providers.base import AuthError, Provider, ProviderError, TransientError
-from sync.remote import ChangeBatch, Cursor, RemoteCalendar
+from sync.remote import ChangeBatch, Cursor, Fetching, RemoteCalendar
 from sync.services.accounts import account_home_url_check, calendars_reconcile
 from sync.services.requests import BROKER_ERRORS, sync_publish_or_leave_to_reaper
 from sync.services.store import events_apply
@@ -357,7 +357,10 @@ def _sync_calendar(
         stored_etags = functools.cache(
             functools.partial(selectors.stored_etags, calendar_id=calendar.pk)
         )
-    for batch in provider.changes(remote, cursor=cursor, stored_etags=stored_etags):
+    fetching = Fetching(by_listing=calendar.fetch_by_listing, batch=calendar.fetch_batch)
+    for batch in provider.changes(
+        remote, cursor=cursor, stored_etags=stored_etags, fetching=fetching
+    ):
         _checkpoint(heartbeat=heartbeat, deadline=deadline)
         plan = events_apply(
             calendar=calendar,
@@ -370,12 +373,18 @@ def _sync_calendar(
         counts.events_unrecorded += sum(len(o.events) for o in batch.objects)
         counts.events_unrecorded += len(batch.deleted_hrefs)
         last = batch.cursor is not None and counts.calendars_done + 1 == counts.calendars_total
+        progress = {}
         if counts.events_unrecorded and not last:  # an empty batch has no progress to show
             progress = {"events_processed": F("events_processed") + counts.events_unrecorded}
             if counts.changed:
                 progress.update(counts.event_counts())
-            states.run_record_progress(run=run, **progress)
             counts.events_unrecorded = 0
+        if batch.listed or counts.objects_total:  # fetching through a listing
+            counts.objects_total += batch.listed
+            counts.objects_done += batch.unchanged + len(batch.objects) + len(batch.skipped)
+            progress.update(objects_total=counts.objects_total, objects_done=counts.objects_done)
+        if progress:
+            states.run_record_progress(run=run, **progress)
         if batch.skipped:
             _record_skipped(run, calendar, batch)
 

@@ -65,10 +65,14 @@ def events_apply(
     when the batch is what that very write brought back (`own_write`).
     """
     cursor = batch.cursor
-    if not (batch.objects or batch.deleted_hrefs) and (
-        cursor is None
-        or (cursor.sync_token, cursor.ctag, cursor.sync_refused_at)
-        == (calendar.sync_token, calendar.ctag, calendar.sync_refused_at)
+    if (
+        not (batch.objects or batch.deleted_hrefs)
+        and batch.fetching is None
+        and (
+            cursor is None
+            or (cursor.sync_token, cursor.ctag, cursor.sync_refused_at)
+            == (calendar.sync_token, calendar.ctag, calendar.sync_refused_at)
+        )
     ):
         return Plan()
     _skip_oversized(batch)
@@ -102,6 +106,10 @@ def events_apply(
             events_changed_record(
                 account_id=calendar.account_id, calendar_id=calendar.pk, plan=plan
             )
+        if batch.fetching is not None:
+            calendar.fetch_by_listing = batch.fetching.by_listing
+            calendar.fetch_batch = batch.fetching.batch
+            calendar.save(update_fields=["fetch_by_listing", "fetch_batch"])
         if cursor is not None:
             calendar.sync_token, calendar.ctag = cursor.sync_token, cursor.ctag
             calendar.sync_refused_at = cursor.sync_refused_at

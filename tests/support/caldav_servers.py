@@ -91,6 +91,20 @@ class CalDAVServer:
         )
         assert r.status_code in (200, 201, 204), (r.status_code, r.text)
 
+    def put_collection(self, calendar: str, objects: list[str]) -> None:
+        """Many objects in one request: the events of `objects` (vevent texts) as one
+        VCALENDAR PUT to the collection, which Radicale stores as one object per UID."""
+        assert self.kind == "radicale", "only Radicale takes a whole collection in one PUT"
+        events = [o[o.index("BEGIN:VEVENT") : o.index("END:VCALENDAR")] for o in objects]
+        text = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Caly tests//EN\r\n"
+        text += "".join(events) + "END:VCALENDAR\r\n"
+        r = self.session.put(
+            self.calendar_url(calendar),
+            data=text.encode(),
+            headers={"Content-Type": "text/calendar; charset=utf-8"},
+        )
+        assert r.status_code in (200, 201, 204), (r.status_code, r.text)
+
     def delete(self, calendar: str, filename: str) -> None:
         r = self.session.delete(self.calendar_url(calendar) + filename)
         assert r.status_code in (200, 204), (r.status_code, r.text)

@@ -17,7 +17,10 @@ It forwards every request on loopback and can, per test:
 - cut the PROPFIND listing of one calendar short, with a 507 on the collection;
 - leave objects out of calendar-multiget answers: some always, or all past the first few;
 - answer sync-collection with hostile XML streamed for as long as it is read, noting the test
-  process's resident memory (VmRSS) at every chunk it sends.
+  process's resident memory (VmRSS) at every chunk it sends;
+- be slow: answer REPORTs for the whole calendar (sync-collection without a token,
+  calendar-query) only after some seconds, and calendar-multiget after some time per object
+  asked for, as a busy server with a large calendar does.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class Seen:
     path: str
     report: str = ""  # sync-collection, calendar-multiget, calendar-query
     hrefs: int = 0  # how many objects a calendar-multiget asked for
+    slowed: bool = False  # a request for the whole calendar, answered late (`slow_whole_calendar`)
 
 
 @dataclass
@@ -86,8 +90,11 @@ class DAVProxy:
     multiget_limit: int = 0  # objects a multiget answer holds at most (0: all)
     hostile_xml: str = ""  # a shape of HOSTILE, sent for sync-collection
     rss_kib: list[int] = field(default_factory=list)  # VmRSS at each chunk of hostile XML
+    slow_whole_calendar: float = 0.0  # seconds before answering for the whole calendar
+    multiget_seconds: float = 0.0  # seconds per object a calendar-multiget asks for
     requests: list[Seen] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
+    _halt: threading.Event = field(default_factory=threading.Event)
 
     @property
     def url(self) -> str:
@@ -103,6 +110,7 @@ class DAVProxy:
         self.cut_listing_of = self.hostile_xml = ""
         self.withhold = set()
         self.multiget_limit = 0
+        self.slow_whole_calendar = self.multiget_seconds = 0.0
         self.rss_kib.clear()
         self.requests.clear()
 
@@ -127,7 +135,10 @@ class DAVProxy:
                 if isinstance(content, bytes):
                     self.send_header("Content-Length", str(len(content)))
                     self.end_headers()
-                    self.wfile.write(content)
+                    try:
+                        self.wfile.write(content)
+                    except OSError:  # the client gave up waiting
+                        self.close_connection = True
                     return
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
@@ -147,6 +158,7 @@ class DAVProxy:
         return self
 
     def stop(self) -> None:
+        self._halt.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -167,7 +179,14 @@ class DAVProxy:
             )
             report = match.group(1).decode() if match else "other"
         hrefs = len(re.findall(rb"<(?:\w+:)?href>", body)) if report == "calendar-multiget" else 0
-        self.requests.append(Seen(method, urlsplit(path).path, report, hrefs))
+        whole = report == "calendar-query" or (
+            report == "sync-collection" and not _request_token(body)
+        )
+        delay = (self.slow_whole_calendar if whole else 0.0) + self.multiget_seconds * hrefs
+        slowed = whole and self.slow_whole_calendar > 0
+        self.requests.append(Seen(method, urlsplit(path).path, report, hrefs, slowed=slowed))
+        if delay:
+            self._halt.wait(delay)  # a slow server, not the test waiting for something
         if report == "sync-collection" and (self.hide_sync or self.refuse_sync):
             return 403, {"Content-Type": "application/xml; charset=utf-8"}, REFUSED
         if (

@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from sync.engine import listing_diff
 from sync.providers.base import Provider, StoredEtags, TransientError
-from sync.remote import ChangeBatch, Cursor, RemoteCalendar, RemoteEvent, RemoteObject
+from sync.remote import ChangeBatch, Cursor, Fetching, RemoteCalendar, RemoteEvent, RemoteObject
 
 LOG_ENV = "CALY_FAKE_PROVIDER_LOG"
 
@@ -84,7 +84,12 @@ class FakeProvider(Provider):
         return [RemoteCalendar(remote_id=f"http://fake.invalid/{self.key}/cal/", name="Fake")]
 
     def changes(
-        self, calendar: RemoteCalendar, *, cursor: Cursor, stored_etags: StoredEtags
+        self,
+        calendar: RemoteCalendar,
+        *,
+        cursor: Cursor,
+        stored_etags: StoredEtags,
+        fetching: Fetching | None = None,
     ) -> Iterator[ChangeBatch]:
         ctag = str(self.events)
         if cursor.ctag == ctag:  # like a CalDAV server whose CTag did not move: one request

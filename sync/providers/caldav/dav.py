@@ -11,10 +11,11 @@ from urllib.parse import unquote, urljoin, urlsplit
 import niquests
 from django.conf import settings
 from lxml import etree
+from niquests.packages.urllib3.exceptions import ReadTimeoutError
 
 from sync import http
 from sync.backoff import retry_after_seconds
-from sync.providers.base import AuthError, ProviderError, TransientError
+from sync.providers.base import AuthError, ProviderError, TimedOut, TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,10 @@ CTAG_BODY = """<?xml version="1.0" encoding="utf-8"?>
 <d:propfind xmlns:d="DAV:" xmlns:cs="http://calendarserver.org/ns/">
   <d:prop><cs:getctag/><d:getetag/></d:prop></d:propfind>"""
 
+# The collection's own sync token comes with it (RFC 6578 §4), for a sync that lists by PROPFIND.
 ETAG_LIST_BODY = """<?xml version="1.0" encoding="utf-8"?>
-<d:propfind xmlns:d="DAV:"><d:prop><d:getetag/><d:resourcetype/></d:prop></d:propfind>"""
+<d:propfind xmlns:d="DAV:"><d:prop><d:getetag/><d:resourcetype/><d:sync-token/></d:prop>
+</d:propfind>"""
 
 # No DAV:limit: Xandikos truncates to it without the 507 that would tell us to continue.
 SYNC_BODY = """<?xml version="1.0" encoding="utf-8"?>
@@ -191,6 +194,19 @@ def _item(element) -> Item | None:
     return item
 
 
+def sync_token_of(item: Item) -> str:
+    """The DAV:sync-token property of a collection's own PROPFIND response ("" if none)."""
+    token = item.props.find(f"{{{DAV}}}sync-token") if item.props is not None else None
+    return (token.text or "").strip() if token is not None else ""
+
+
+def _timed_out(exc: Exception) -> bool:
+    """A read timeout while a body streams comes as a ConnectionError wrapping it."""
+    return isinstance(exc, niquests.exceptions.Timeout) or any(
+        isinstance(arg, ReadTimeoutError) for arg in exc.args
+    )
+
+
 def xml_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
@@ -241,7 +257,8 @@ class Multistatus:
                 f"The CalDAV server sent invalid XML for {urlsplit(self.url).path}."
             ) from exc
         except (niquests.exceptions.Timeout, niquests.exceptions.ConnectionError) as exc:
-            raise TransientError(
+            error = TimedOut if _timed_out(exc) else TransientError
+            raise error(
                 f"The CalDAV server stopped answering while sending {urlsplit(self.url).path}."
             ) from exc
         finally:
@@ -390,7 +407,7 @@ class DAVSession:
                     allow_redirects=False,
                 )
             except niquests.exceptions.Timeout as exc:
-                raise TransientError(
+                raise TimedOut(
                     f"The CalDAV server at {self.host()} did not answer in time."
                 ) from exc
             except niquests.exceptions.ConnectionError as exc:

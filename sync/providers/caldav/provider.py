@@ -9,62 +9,55 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterator, Mapping
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import caldav
-from django.conf import settings
 from django.utils import timezone
 
 from sync.engine import changed_hrefs, empty_listing_confirmed, listing_diff, normalize_href
-from sync.ical import MalformedObject, parse_object
 from sync.providers.base import (
     AuthError,
     ConnectError,
     Provider,
     ProviderError,
     StoredEtags,
+    TimedOut,
     TransientError,
 )
 from sync.providers.caldav.dav import (
     CTAG_BODY,
     ETAG_LIST_BODY,
     MAX_CONTINUATIONS,
-    MULTIGET_HEAD,
     QUERY_BODY,
     SYNC_BODY,
     CalendarInfo,
     CollectionGone,
     DAVSession,
     EmptyListingRefused,
-    Item,
     Listing,
     Multistatus,
     SyncReportFailed,
     bound_listing,
+    sync_token_of,
     xml_escape,
 )
 from sync.providers.caldav.discovery import ctag_of, discovery_client, find_home, list_calendars
+from sync.providers.caldav.fetching import Fetcher, batch_size
 from sync.providers.caldav.writing import encode_write, send_write
 from sync.remote import (
     ChangeBatch,
     Cursor,
+    Fetching,
     LocalChange,
     OutgoingWrite,
     RemoteCalendar,
     RemoteObject,
-    SkippedObject,
 )
 
 logger = logging.getLogger(__name__)
 
 # How long a calendar whose server refused sync-collection syncs by ctag before trying again.
 SYNC_REFUSAL_KEPT = dt.timedelta(days=1)
-# What the run's skipped list says of objects a sync could not get; the cursor stays put.
-NOT_SENT = "the server left it out of its answer; Caly asks for it again at the next sync"
-LISTING_CUT = (
-    "the server cut its list of events short (HTTP 507): events it did not list were neither "
-    "updated nor deleted; Caly lists them again at the next sync"
-)
 
 
 class CalDAVProvider(Provider):
@@ -130,17 +123,23 @@ class CalDAVProvider(Provider):
 
     # --- changes -------------------------------------------------------------------------
     def changes(
-        self, calendar: RemoteCalendar, *, cursor: Cursor, stored_etags: StoredEtags
+        self,
+        calendar: RemoteCalendar,
+        *,
+        cursor: Cursor,
+        stored_etags: StoredEtags,
+        fetching: Fetching = Fetching(),  # noqa: B008 - immutable
     ) -> Iterator[ChangeBatch]:
         if self._calendars is None:
             self._list_calendars(self.home_url or self._find_home())
         info = self._calendars.get(normalize_href(urlsplit(calendar.remote_id).path))
         supports_sync = info.supports_sync if info is not None else None
         refused_at = cursor.sync_refused_at if _refused_recently(cursor) else None
+        fetcher = Fetcher(self._dav, calendar, checkpoint=self.checkpoint, fetching=fetching)
         if supports_sync is not False and refused_at is None:
             try:
                 yield from self._changes_by_sync_token(
-                    calendar, cursor=cursor, stored_etags=stored_etags
+                    fetcher, cursor=cursor, stored_etags=stored_etags
                 )
                 return
             except SyncReportFailed as exc:
@@ -151,14 +150,15 @@ class CalDAVProvider(Provider):
                 )
                 refused_at = timezone.now()  # not asked again for a day
         yield from self._changes_by_ctag(
-            calendar,
+            fetcher,
             cursor=cursor,
             stored_etags=stored_etags,
             new_cursor=lambda ctag: Cursor(ctag=ctag, sync_refused_at=refused_at),
         )
 
     # sync-collection (RFC 6578)
-    def _changes_by_sync_token(self, calendar, *, cursor, stored_etags) -> Iterator[ChangeBatch]:
+    def _changes_by_sync_token(self, fetcher: Fetcher, *, cursor, stored_etags):
+        calendar = fetcher.calendar
         url = calendar.remote_id
         if cursor.sync_token:
             try:
@@ -170,21 +170,37 @@ class CalDAVProvider(Provider):
             else:
                 # Nothing listed: the stored etags are not even read.
                 to_fetch = changed_hrefs(stored_etags(), listing.changed) if listing.changed else []
-                yield from self._fetch(
-                    calendar, to_fetch, listing.deleted, Cursor(sync_token=listing.token)
+                yield from fetcher.fetch(
+                    to_fetch, listing.deleted, Cursor(sync_token=listing.token)
                 )
                 return
         known = stored_etags()
-        if not known:
-            yield from self._initial_by_sync(calendar)
-            return
-        listing = self._sync_listing(url, "")
+        if not known and not fetcher.by_listing:
+            try:
+                yield from self._initial_by_sync(fetcher)
+                return
+            except TimedOut as exc:
+                fetcher.list_first(exc)
+                known = fetcher.fetched  # stored by this sync before the answer stalled
+        listing = self._full_listing(fetcher)
         listed = self._guard_empty(
             calendar, known, listing, state_changed=_moved(cursor.sync_token, listing.token)
         )
-        yield from self._fetch_differences(
-            calendar, known, listed, Cursor(sync_token=listing.token)
-        )
+        yield from self._fetch_differences(fetcher, known, listed, Cursor(sync_token=listing.token))
+
+    def _full_listing(self, fetcher: Fetcher) -> Listing:
+        """Every object's href and etag, with the sync token they go with: sync-collection
+        from no token, or (for a calendar whose server cannot answer that in time) PROPFIND."""
+        url = fetcher.calendar.remote_id
+        if not fetcher.by_listing:
+            try:
+                return self._sync_listing(url, "")
+            except TimedOut as exc:
+                fetcher.list_first(exc)
+        listing = self._etag_listing(url)
+        if listing.token:
+            return listing
+        raise SyncReportFailed("no sync token in the calendar's properties")
 
     def _sync_report(self, url: str, token: str, *, with_data: bool) -> Multistatus:
         body = SYNC_BODY.format(
@@ -220,9 +236,9 @@ class CalDAVProvider(Provider):
             token = answer.token
         raise ProviderError(f"{urlsplit(url).path}: the server never finished its listing.")
 
-    def _initial_by_sync(self, calendar: RemoteCalendar) -> Iterator[ChangeBatch]:
+    def _initial_by_sync(self, fetcher: Fetcher) -> Iterator[ChangeBatch]:
         """First sync: the objects come with the listing, parsed and stored batch by batch."""
-        url = calendar.remote_id
+        url = fetcher.calendar.remote_id
         token = ""
         missing: list[str] = []
         deleted: list[str] = []
@@ -240,9 +256,12 @@ class CalDAVProvider(Provider):
                 # Without sync-collection at all, the listing fails too and the ctag path
                 # takes over.
                 logger.info("%s: data in sync-collection failed (%s)", urlsplit(url).path, exc)
-                listing = self._sync_listing(url, "")
-                yield from self._fetch(
-                    calendar, list(listing.changed), [], Cursor(sync_token=listing.token)
+                listing = self._full_listing(fetcher)
+                yield from fetcher.fetch(
+                    list(listing.changed),
+                    [],
+                    Cursor(sync_token=listing.token),
+                    listed=len(listing.changed),
                 )
                 return
             batch = ChangeBatch()
@@ -255,12 +274,12 @@ class CalDAVProvider(Provider):
                         missing.append(item.href)  # data not sent in the report: multiget it
                         bound_listing(len(deleted) + len(missing), url)
                     else:
-                        self._add_object(batch, calendar, item)
-                        if len(batch.objects) + len(batch.skipped) >= _batch_size():
-                            yield batch
+                        fetcher.add(batch, item)
+                        if len(batch.objects) + len(batch.skipped) >= batch_size():
+                            yield fetcher.handed(batch)
                             batch = ChangeBatch()
             if batch.objects or batch.skipped:
-                yield batch
+                yield fetcher.handed(batch)
             if not answer.token:
                 raise SyncReportFailed("no sync token in the answer")
             if not answer.truncated:
@@ -273,12 +292,13 @@ class CalDAVProvider(Provider):
             token = answer.token
         else:
             raise ProviderError(f"{urlsplit(url).path}: the server never finished its listing.")
-        yield from self._fetch(calendar, missing, deleted, Cursor(sync_token=answer.token))
+        yield from fetcher.fetch(missing, deleted, Cursor(sync_token=answer.token))
 
     # servers without sync-collection: ctag, then etags
     def _changes_by_ctag(
-        self, calendar, *, cursor, stored_etags, new_cursor
+        self, fetcher: Fetcher, *, cursor, stored_etags, new_cursor
     ) -> Iterator[ChangeBatch]:
+        calendar = fetcher.calendar
         url = calendar.remote_id
         info = self._calendars.get(normalize_href(urlsplit(url).path)) if self._calendars else None
         ctag = info.ctag if info is not None and info.ctag is not None else self._ctag(url)
@@ -286,13 +306,17 @@ class CalDAVProvider(Provider):
             yield ChangeBatch(cursor=new_cursor(ctag))
             return
         known = stored_etags()
-        if not known:
-            yield from self._initial_by_query(calendar, new_cursor(ctag))
-            return
+        if not known and not fetcher.by_listing:
+            try:
+                yield from self._initial_by_query(fetcher, new_cursor(ctag))
+                return
+            except TimedOut as exc:
+                fetcher.list_first(exc)
+                known = fetcher.fetched
         listed = self._guard_empty(
             calendar, known, self._etag_listing(url), state_changed=_moved(cursor.ctag, ctag)
         )
-        yield from self._fetch_differences(calendar, known, listed, new_cursor(ctag))
+        yield from self._fetch_differences(fetcher, known, listed, new_cursor(ctag))
 
     def _ctag(self, url: str) -> str:
         for item in self._dav.multistatus("PROPFIND", url, CTAG_BODY, depth="0"):
@@ -301,12 +325,14 @@ class CalDAVProvider(Provider):
         return ""
 
     def _etag_listing(self, url: str) -> Listing:
-        """Every object's href and etag (PROPFIND Depth 1); a 507 leaves it `truncated`, and a
-        PROPFIND cannot be continued."""
+        """Every object's href and etag, and the collection's sync token if it has one
+        (PROPFIND Depth 1); a 507 leaves it `truncated`, and a PROPFIND cannot be continued."""
         listing = Listing()
         answer = self._dav.multistatus("PROPFIND", url, ETAG_LIST_BODY, depth="1")
         for item in answer:
-            if item.status == 200 and not item.is_collection and not item.is_self:
+            if item.is_self and item.props is not None:
+                listing.token = sync_token_of(item)
+            elif item.status == 200 and not item.is_collection and not item.is_self:
                 listing.changed[item.href] = item.etag
                 bound_listing(len(listing.changed), url)
         listing.truncated = answer.truncated
@@ -318,38 +344,35 @@ class CalDAVProvider(Provider):
             )
         return listing
 
-    def _initial_by_query(self, calendar: RemoteCalendar, cursor: Cursor) -> Iterator[ChangeBatch]:
+    def _initial_by_query(self, fetcher: Fetcher, cursor: Cursor) -> Iterator[ChangeBatch]:
         """First sync without sync-collection: one calendar-query streams every event."""
-        fetched: dict[str, str] = {}
+        url = fetcher.calendar.remote_id
         batch = ChangeBatch()
         try:
-            answer = self._dav.multistatus("REPORT", calendar.remote_id, QUERY_BODY, depth="1")
+            answer = self._dav.multistatus("REPORT", url, QUERY_BODY, depth="1")
         except (AuthError, TransientError):
             raise
         except ProviderError as exc:
             # Refused as too big (see _initial_by_sync): list the etags, multiget in batches.
-            logger.info("%s: calendar-query failed (%s)", urlsplit(calendar.remote_id).path, exc)
-            yield from self._fetch_differences(
-                calendar, {}, self._etag_listing(calendar.remote_id), cursor
-            )
+            logger.info("%s: calendar-query failed (%s)", urlsplit(url).path, exc)
+            yield from self._fetch_differences(fetcher, {}, self._etag_listing(url), cursor)
             return
         for item in answer:
             if item.status != 200 or item.is_collection or item.data is None:
                 continue
-            fetched[item.href] = item.etag
-            bound_listing(len(fetched), calendar.remote_id)
-            self._add_object(batch, calendar, item)
-            if len(batch.objects) + len(batch.skipped) >= _batch_size():
-                yield batch
+            bound_listing(len(fetcher.fetched) + len(batch.objects) + 1, url)
+            fetcher.add(batch, item)
+            if len(batch.objects) + len(batch.skipped) >= batch_size():
+                yield fetcher.handed(batch)
                 batch = ChangeBatch()
         if not answer.truncated:
             batch.cursor = cursor
-            yield batch
+            yield fetcher.handed(batch)
             return
         # The server capped the query: whatever it left out comes by etag and multiget.
-        yield batch
+        yield fetcher.handed(batch)
         yield from self._fetch_differences(
-            calendar, fetched, self._etag_listing(calendar.remote_id), cursor, deletes=False
+            fetcher, fetcher.fetched, self._etag_listing(url), cursor, deletes=False
         )
 
     # fetching
@@ -377,7 +400,13 @@ class CalDAVProvider(Provider):
         )
 
     def _fetch_differences(
-        self, calendar, known: Mapping[str, str], listed: Listing, cursor: Cursor, *, deletes=True
+        self,
+        fetcher: Fetcher,
+        known: Mapping[str, str],
+        listed: Listing,
+        cursor: Cursor,
+        *,
+        deletes=True,
     ) -> Iterator[ChangeBatch]:
         """Fetch what a full listing shows changed and delete what it no longer shows; from a
         truncated listing only fetch what it shows, and keep the cursor where it was."""
@@ -387,84 +416,13 @@ class CalDAVProvider(Provider):
             to_fetch, deleted = listing_diff(known, listed.changed)
         else:
             to_fetch, deleted = changed_hrefs(known, listed.changed), []
-        yield from self._fetch(calendar, to_fetch, deleted, cursor, listing_cut=listed.truncated)
-
-    def _fetch(
-        self, calendar, hrefs: list[str], deleted: list[str], cursor: Cursor, *, listing_cut=False
-    ) -> Iterator[ChangeBatch]:
-        """The objects at `hrefs` in multiget batches, `deleted` with the first, `cursor` with the
-        last, but only once every object came back (or is gone) from a complete listing:
-        otherwise the next sync starts again from the old cursor and asks again."""
-        size = _batch_size()
-        chunks = [hrefs[i : i + size] for i in range(0, len(hrefs), size)] or [[]]
-        complete = not listing_cut
-        for number, chunk in enumerate(chunks):
-            batch = ChangeBatch()
-            if chunk:
-                batch, not_sent = self._multiget(calendar, chunk)
-                complete = complete and not not_sent
-            if number == 0:
-                batch.deleted_hrefs = list(deleted)
-                if listing_cut:
-                    path = urlsplit(calendar.remote_id).path
-                    batch.skipped.append(SkippedObject(href=path, reason=LISTING_CUT))
-            if number == len(chunks) - 1 and complete:
-                batch.cursor = cursor
-            yield batch
-
-    def _multiget(
-        self, calendar: RemoteCalendar, hrefs: list[str]
-    ) -> tuple[ChangeBatch, list[str]]:
-        """The objects at `hrefs`, and the hrefs the server neither sent nor called gone (404).
-        What an answer leaves out is asked for again as long as each answer brings some."""
-        batch = ChangeBatch()
-        wanted = {normalize_href(h): h for h in hrefs}
-        while wanted:
-            self.checkpoint()
-            body = (
-                MULTIGET_HEAD
-                + "".join(f"<d:href>{xml_escape(h)}</d:href>" for h in wanted.values())
-                + "</c:calendar-multiget>"
-            )
-            came = 0
-            # RFC 4791 §7.9: no Depth header on calendar-multiget.
-            for item in self._dav.multistatus("REPORT", calendar.remote_id, body, depth=None):
-                key = normalize_href(item.href)
-                if key not in wanted:
-                    continue
-                if item.status == 404:
-                    # Gone between listing and fetching; the next sync reports the deletion.
-                    del wanted[key]
-                    came += 1
-                elif item.status == 200 and item.data is not None:
-                    del wanted[key]
-                    came += 1
-                    self._add_object(batch, calendar, item)
-            if not came:
-                break
-        for href in wanted.values():
-            batch.skipped.append(SkippedObject(href=unquote(href), reason=NOT_SENT))
-        if wanted:
-            logger.warning(
-                "%s: %d objects asked for were not sent",
-                urlsplit(calendar.remote_id).path,
-                len(wanted),
-            )
-        return batch, list(wanted.values())
-
-    def _add_object(self, batch: ChangeBatch, calendar: RemoteCalendar, item: Item) -> None:
-        try:
-            events = parse_object(item.data, default_timezone=calendar.timezone)
-        except MalformedObject as exc:
-            batch.skipped.append(SkippedObject(href=unquote(item.href), reason=str(exc)[:300]))
-            return
-        batch.objects.append(
-            RemoteObject(href=item.href, etag=item.etag, events=events, raw=item.data)
+        yield from fetcher.fetch(
+            to_fetch,
+            deleted,
+            cursor,
+            listing_cut=listed.truncated,
+            listed=len(listed.changed),
         )
-
-
-def _batch_size() -> int:
-    return max(1, settings.CALY_SYNC_BATCH_SIZE)
 
 
 def _moved(old: str, new: str) -> bool | None:

@@ -36,6 +36,7 @@ from sync.providers.base import (
     Provider,
     ProviderError,
     StoredEtags,
+    TimedOut,
     TransientError,
 )
 from sync.providers.google import push, writing
@@ -57,6 +58,7 @@ from sync.providers.google.transport import BytesModel, Http
 from sync.remote import (
     ChangeBatch,
     Cursor,
+    Fetching,
     LocalChange,
     OutgoingWrite,
     RemoteCalendar,
@@ -74,6 +76,7 @@ SCOPE = (
     "https://www.googleapis.com/auth/calendar.events"
 )
 EVENTS_PAGE = 2500  # events.list maxResults: the largest page Google serves
+EVENTS_PAGE_SMALLEST = 50  # a page this small that does not come in time is a failed request
 CALENDARS_PAGE = 250  # calendarList.list maxResults: likewise
 # A throttled request is retried here, at once, when the wait is short: the rest of a long
 # listing need not start over. Longer waits go back to the queue as a TransientError.
@@ -279,12 +282,18 @@ class GoogleProvider(Provider):
 
     # --- changes ----------------------------------------------------------------------------
     def changes(
-        self, calendar: RemoteCalendar, *, cursor: Cursor, stored_etags: StoredEtags
+        self,
+        calendar: RemoteCalendar,
+        *,
+        cursor: Cursor,
+        stored_etags: StoredEtags,
+        fetching: Fetching = Fetching(),  # noqa: B008 - immutable
     ) -> Iterator[ChangeBatch]:
+        pages = _PageSize(fetching)
         if cursor.sync_token:
             try:
                 yield from self._listing(
-                    calendar, sync_token=cursor.sync_token, stored_etags=stored_etags
+                    calendar, sync_token=cursor.sync_token, stored_etags=stored_etags, pages=pages
                 )
                 return
             except SyncTokenExpired:
@@ -292,15 +301,21 @@ class GoogleProvider(Provider):
                     "sync token of Google calendar %s expired; listing it in full",
                     calendar.remote_id,
                 )
-        yield from self._listing(calendar, sync_token="", stored_etags=stored_etags)
+        yield from self._listing(calendar, sync_token="", stored_etags=stored_etags, pages=pages)
 
     def _listing(
-        self, calendar: RemoteCalendar, *, sync_token: str, stored_etags: StoredEtags
+        self,
+        calendar: RemoteCalendar,
+        *,
+        sync_token: str,
+        stored_etags: StoredEtags,
+        pages: _PageSize,
     ) -> Iterator[ChangeBatch]:
         """Every page of events.list, one batch each; the last batch carries nextSyncToken.
 
         With a sync token Google sends only what changed (deletions as cancelled events); without
-        one it lists everything, and stored events it did not list are gone.
+        one it lists everything, and stored events it did not list are gone. A page that does
+        not come in time is asked for again with fewer events (`_PageSize`).
         """
         full = not sync_token
         listed: set[str] = set()
@@ -310,12 +325,15 @@ class GoogleProvider(Provider):
             self.checkpoint()
             request = self.service.events().list(
                 calendarId=calendar.remote_id,
-                maxResults=EVENTS_PAGE,
+                maxResults=pages.size,
                 pageToken=page_token,
                 syncToken=sync_token or None,
             )
             try:
                 page = self._execute(request, what=self._events_of(calendar), decoder=event_pages)
+            except TimedOut as exc:
+                pages.smaller(exc, calendar)  # raises once pages are as small as they go
+                continue
             except SyncTokenExpired:
                 if full:  # a page token outlived its listing: start again later
                     raise TransientError(
@@ -323,6 +341,7 @@ class GoogleProvider(Provider):
                     ) from None
                 raise
             batch = self._batch(calendar, page.items, stored_etags, listed, instances)
+            batch.fetching = pages.learnt()
             page_token = page.next_page_token
             if page_token:
                 yield batch
@@ -441,3 +460,31 @@ class _InstanceIndex:
 
     def of(self, master_id: str) -> list[str]:
         return sorted(self._build().get(master_id, ()))
+
+
+class _PageSize:
+    """events.list's maxResults for one calendar: the largest page, or the size that last came
+    in time (`Fetching.batch`); halved when a page does not come within CALY_HTTP_TIMEOUT."""
+
+    def __init__(self, fetching: Fetching):
+        self.size = min(fetching.batch or EVENTS_PAGE, EVENTS_PAGE)
+        self._kept = fetching
+
+    def smaller(self, exc: TimedOut, calendar: RemoteCalendar) -> None:
+        if self.size <= EVENTS_PAGE_SMALLEST:
+            raise exc
+        self.size = max(EVENTS_PAGE_SMALLEST, self.size // 2)
+        logger.info(
+            "Google calendar %s: %s Asking for %d events a page.",
+            calendar.remote_id,
+            exc,
+            self.size,
+        )
+
+    def learnt(self) -> Fetching | None:
+        """The page size to keep, for the batch it goes with, when it changed."""
+        now = Fetching(batch=0 if self.size == EVENTS_PAGE else self.size)
+        if now == self._kept:
+            return None
+        self._kept = now
+        return now

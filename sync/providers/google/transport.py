@@ -11,7 +11,7 @@ from django.conf import settings
 from googleapiclient.model import JsonModel
 
 from sync import http
-from sync.providers.base import TransientError
+from sync.providers.base import TimedOut, TransientError
 
 
 class Http:
@@ -47,7 +47,7 @@ class Http:
             if to_token_endpoint:
                 raise TransientError("Cannot reach Google's token endpoint.") from None
             if isinstance(exc, niquests.exceptions.Timeout):
-                raise TransientError(
+                raise TimedOut(
                     f"Google Calendar did not answer within {settings.CALY_HTTP_TIMEOUT:g} s."
                 ) from None
             raise TransientError(

@@ -13,7 +13,7 @@ from calendars.models import Calendar
 from sync import selectors
 from sync.providers.caldav import CalDAVProvider
 from sync.providers.caldav.dav import MAX_CONTINUATIONS
-from sync.providers.caldav.provider import LISTING_CUT, NOT_SENT
+from sync.providers.caldav.fetching import LISTING_CUT, NOT_SENT
 from sync.remote import Cursor
 from tests.support.caldav_servers import vevent
 from tests.support.dav_proxy import HOSTILE, DAVProxy, rss_kib

@@ -27,6 +27,7 @@ from sync.providers.google import GoogleProvider
 from sync.remote import Cursor
 from tests.factories import make_user
 from tests.support.fake_google import load_discovery
+from tests.sync.providers.caldav_helpers import run_sync
 
 pytestmark = pytest.mark.django_db
 
@@ -523,14 +524,54 @@ def test_persistent_server_errors_become_transient(google, google_settings):
 
 
 def test_slow_answer_times_out_as_transient(google, google_settings):
+    """A page that does not come in time is asked for with fewer events, down to 50; one that
+    does not come even then is a transient error (the run is retried later)."""
     google_settings.CALY_HTTP_TIMEOUT = 0.5
     user = google.add_user()
     account = connect(user)
-    google.inject(user, status=None, delay=2)
+    google.inject(user, status=None, delay=2, times=100)
     started = time.monotonic()
     with pytest.raises(TransientError, match="did not answer"):
         sync(account)
-    assert time.monotonic() - started < 2
+    sizes = [
+        int(r.query["maxResults"][0]) for r in google.api_requests(user, "calendar.events.list")
+    ]
+    assert sizes == [2500, 1250, 625, 312, 156, 78, 50]
+    assert time.monotonic() - started < len(sizes) * 2  # each gave up at the timeout
+
+
+def test_a_page_too_large_to_come_in_time_is_asked_for_smaller_and_remembered(
+    google, google_settings
+):
+    """Pages of more than 600 events do not come within the timeout: the first sync asks
+    again with smaller pages and completes; the calendar keeps the size that came in time."""
+    google_settings.CALY_HTTP_TIMEOUT = 0.5
+    user = google.add_user()
+    for i in range(30):
+        google.insert_event(user, summary=f"Meeting {i}")
+    account = connect(user)
+    large = {"where": lambda query: int(query["maxResults"]) > 600, "times": 100}
+    google.inject(user, status=None, delay=2, **large)
+
+    run = run_sync(account)
+
+    assert run.state == "succeeded", run.error
+    assert run.created == 30
+    sizes = [
+        int(r.query["maxResults"][0]) for r in google.api_requests(user, "calendar.events.list")
+    ]
+    assert sizes == [2500, 1250, 625, 312]
+    calendar = account.calendars.get()
+    assert calendar.fetch_batch == 312
+    calendar.sync_token = ""  # a full listing again starts at the size that worked
+    calendar.save(update_fields=["sync_token"])
+    google.requests.clear()
+    assert run_sync(account).state == "succeeded"
+    assert [
+        int(r.query["maxResults"][0])
+        for r in google.api_requests(user)
+        if r.method_id == "calendar.events.list"
+    ] == [312]
 
 
 def test_slow_but_timely_answer_is_fine(google, google_settings):
