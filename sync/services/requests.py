@@ -9,6 +9,7 @@ import math
 import uuid
 from dataclasses import dataclass
 
+import amqp.exceptions
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -21,7 +22,9 @@ from sync.models import SyncRun
 logger = logging.getLogger(__name__)
 
 # What RabbitMQ (or the way to it) raises when it cannot take a message.
-BROKER_ERRORS = (OperationalError, KombuError, OSError)
+# What publishing raises when RabbitMQ cannot take a message: kombu's errors, socket errors, and
+# the connection-level closes of a node going down (320 CONNECTION_FORCED, 541 INTERNAL_ERROR).
+BROKER_ERRORS = (OperationalError, KombuError, OSError, amqp.exceptions.ConnectionError)
 
 
 class BrokerUnavailable(Exception):

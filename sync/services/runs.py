@@ -282,9 +282,9 @@ def _sync_calendars(
     listed = calendars_reconcile(account=account, remote=remote, stored=stored)
     by_id = {normalize_href(r.remote_id): r for r in remote}
     selected = [each for each in listed if each.calendar.selected]
+    # Someone watching sees "0/1 calendars" with the first progress recorded (the first stored
+    # batch, or the first calendar done); a sync that finds no change records it with its end.
     counts.calendars_total, counts.calendars_done = len(selected), 0
-    # Someone watching sees the sync past discovery ("0/1 calendars") while it lists events.
-    states.run_record_progress(run=run, **counts.calendar_counts())
     for each in selected:
         calendar = each.calendar
         synced_at = calendar.last_synced_at
@@ -302,7 +302,7 @@ def _sync_calendars(
         if calendar.last_synced_at == synced_at:  # its cursor did not move
             counts.calendars_unchanged.append(calendar.pk)
         if counts.calendars_done < counts.calendars_total:  # the last one ends the run
-            states.run_record_progress(run=run, calendars_done=counts.calendars_done)
+            states.run_record_progress(run=run, **counts.calendar_counts())
 
 
 def _sync_one_calendar(
@@ -375,7 +375,10 @@ def _sync_calendar(
         last = batch.cursor is not None and counts.calendars_done + 1 == counts.calendars_total
         progress = {}
         if counts.events_unrecorded and not last:  # an empty batch has no progress to show
-            progress = {"events_processed": F("events_processed") + counts.events_unrecorded}
+            progress = {
+                "events_processed": F("events_processed") + counts.events_unrecorded,
+                **counts.calendar_counts(),
+            }
             if counts.changed:
                 progress.update(counts.event_counts())
             counts.events_unrecorded = 0
