@@ -35,6 +35,9 @@ from common import ROOT, median, report, setup_django, timed
 
 EVENTS = int(os.environ.get("CALY_BENCH_CALDAV_EVENTS", 5000))
 BIG = int(os.environ.get("CALY_BENCH_CALDAV_BIG", 50_000))
+# Which parts run: "small" (5,000 events), "big" (the 50,000 in a worker), "slow" (the same on
+# a slow server); all by default, e.g. CALY_BENCH_CALDAV_PARTS=big,slow.
+PARTS = set(os.environ.get("CALY_BENCH_CALDAV_PARTS", "small,big,slow").split(","))
 SLOW_TIMEOUT = 10.0  # CALY_HTTP_TIMEOUT of the workers syncing from the slow server
 REPEATS = 3
 PASSWORD = "bench-password"
@@ -264,11 +267,105 @@ def seed_files(server, name: str, count: int) -> str:
     return url
 
 
+def five_thousand(server, proxy, owner, workdir: Path, figures: dict) -> None:
+    """The 5,000-event calendar: Caly, python-caldav and vdirsyncer; requests per sync."""
+    from calendars.models import Account, Calendar, Event
+
+    url = seed(server, "five-thousand", EVENTS)
+
+    raw_times, vdir_times, caly_times = [], [], []
+    for _ in range(REPEATS):
+        with timed(raw_times):
+            fetched = python_caldav_fetch(url, server.user)
+        assert fetched == EVENTS, fetched
+        elapsed, files = vdirsyncer_timed(url, server.user, workdir)
+        assert files == EVENTS, files
+        vdir_times.append(elapsed)
+        account = caly_account(owner, server.base_url, server.user, "five-thousand")
+        elapsed, run = caly_sync(account)
+        caly_times.append(elapsed)
+        assert run.created >= EVENTS, run.created
+        if _ < REPEATS - 1:
+            Account.objects.filter(pk=account.pk).delete()
+    initial = median(caly_times)
+    figures.update(
+        {
+            "initial_caly_s": initial,
+            "initial_python_caldav_get_events_s": median(raw_times),
+            "initial_vdirsyncer_s": median(vdir_times),
+            "caly_vs_python_caldav": initial / median(raw_times),
+            "caly_vs_python_caldav_goal": 1.5,
+            "caly_vs_vdirsyncer": initial / median(vdir_times),
+            "caly_vs_vdirsyncer_goal": 0.5,
+            "rows_stored": Event.objects.filter(calendar__account=account).count(),
+        }
+    )
+
+    # Incremental: one event changed on the server, then a sync with no change at all.
+    incremental, unchanged = [], []
+    for n in range(REPEATS):
+        change_one_event(server, account, n)
+        elapsed, run = caly_sync(account)
+        assert (run.created, run.updated, run.deleted) == (0, 1, 0), run
+        incremental.append(elapsed)
+        with timed(unchanged):
+            caly_sync(account)
+    # What Radicale itself needs to answer "what changed since this token?" (it hashes
+    # every object of the collection): the floor under any incremental sync of it.
+    token = Calendar.objects.get(account=account, selected=True).sync_token
+    floor: list[float] = []
+    for _ in range(REPEATS):
+        with timed(floor):
+            answer = server.session.request(
+                "REPORT",
+                url,
+                data='<?xml version="1.0"?><d:sync-collection xmlns:d="DAV:">'
+                f"<d:sync-token>{token}</d:sync-token><d:sync-level>1</d:sync-level>"
+                "<d:prop><d:getetag/></d:prop></d:sync-collection>",
+                headers={"Depth": "1", "Content-Type": "application/xml"},
+            )
+        assert answer.status_code == 207
+    figures.update(
+        {
+            "radicale_sync_report_alone_s": median(floor),
+            "incremental_1_change_s": median(incremental),
+            "incremental_vs_initial": median(incremental) / initial,
+            "incremental_vs_initial_goal": 0.05,
+            "incremental_without_radicale_report_vs_initial": (median(incremental) - median(floor))
+            / initial,
+            "no_change_s": median(unchanged),
+        }
+    )
+
+    # Requests, counted by the proxy every request goes through (untimed runs).
+    counted = caly_account(owner, proxy.url, server.user, "five-thousand")
+    proxy.requests.clear()
+    caly_sync(counted)
+    figures["requests_initial_caly"] = len(proxy.requests)
+    proxy.requests.clear()
+    change_one_event(server, counted, REPEATS)
+    caly_sync(counted)
+    figures["requests_incremental_1_change"] = len(proxy.requests)
+    figures["requests_incremental_goal"] = 3
+    figures["requests_incremental_detail"] = ", ".join(
+        f"{r.method} {r.report}".strip() for r in proxy.requests
+    )
+    proxy.requests.clear()
+    caly_sync(counted)
+    figures["requests_no_change"] = len(proxy.requests)
+    proxy.requests.clear()
+    python_caldav_fetch(proxy.url + urlpath(url), server.user)
+    figures["requests_python_caldav_get_events"] = len(proxy.requests)
+    proxy.requests.clear()
+    vdirsyncer_timed(proxy.url + urlpath(url), server.user, workdir)
+    figures["requests_vdirsyncer_initial"] = len(proxy.requests)
+    Account.objects.filter(owner=owner).delete()
+
+
 def main() -> None:
     setup_django()
     from django.contrib.auth import get_user_model
 
-    from calendars.models import Account, Calendar, Event
     from tests.support.caldav_servers import start_radicale
     from tests.support.dav_proxy import DAVProxy
 
@@ -279,104 +376,18 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="caly-bench-vdirsyncer-"))
     figures: dict = {"events": EVENTS, "repeats": REPEATS}
     try:
-        url = seed(server, "five-thousand", EVENTS)
-
-        raw_times, vdir_times, caly_times = [], [], []
-        for _ in range(REPEATS):
-            with timed(raw_times):
-                fetched = python_caldav_fetch(url, server.user)
-            assert fetched == EVENTS, fetched
-            elapsed, files = vdirsyncer_timed(url, server.user, workdir)
-            assert files == EVENTS, files
-            vdir_times.append(elapsed)
-            account = caly_account(owner, server.base_url, server.user, "five-thousand")
-            elapsed, run = caly_sync(account)
-            caly_times.append(elapsed)
-            assert run.created >= EVENTS, run.created
-            if _ < REPEATS - 1:
-                Account.objects.filter(pk=account.pk).delete()
-        initial = median(caly_times)
-        figures.update(
-            {
-                "initial_caly_s": initial,
-                "initial_python_caldav_get_events_s": median(raw_times),
-                "initial_vdirsyncer_s": median(vdir_times),
-                "caly_vs_python_caldav": initial / median(raw_times),
-                "caly_vs_python_caldav_goal": 1.5,
-                "caly_vs_vdirsyncer": initial / median(vdir_times),
-                "caly_vs_vdirsyncer_goal": 0.5,
-                "rows_stored": Event.objects.filter(calendar__account=account).count(),
-            }
-        )
-
-        # Incremental: one event changed on the server, then a sync with no change at all.
-        incremental, unchanged = [], []
-        for n in range(REPEATS):
-            change_one_event(server, account, n)
-            elapsed, run = caly_sync(account)
-            assert (run.created, run.updated, run.deleted) == (0, 1, 0), run
-            incremental.append(elapsed)
-            with timed(unchanged):
-                caly_sync(account)
-        # What Radicale itself needs to answer "what changed since this token?" (it hashes
-        # every object of the collection): the floor under any incremental sync of it.
-        token = Calendar.objects.get(account=account, selected=True).sync_token
-        floor: list[float] = []
-        for _ in range(REPEATS):
-            with timed(floor):
-                answer = server.session.request(
-                    "REPORT",
-                    url,
-                    data='<?xml version="1.0"?><d:sync-collection xmlns:d="DAV:">'
-                    f"<d:sync-token>{token}</d:sync-token><d:sync-level>1</d:sync-level>"
-                    "<d:prop><d:getetag/></d:prop></d:sync-collection>",
-                    headers={"Depth": "1", "Content-Type": "application/xml"},
-                )
-            assert answer.status_code == 207
-        figures.update(
-            {
-                "radicale_sync_report_alone_s": median(floor),
-                "incremental_1_change_s": median(incremental),
-                "incremental_vs_initial": median(incremental) / initial,
-                "incremental_vs_initial_goal": 0.05,
-                "incremental_without_radicale_report_vs_initial": (
-                    median(incremental) - median(floor)
-                )
-                / initial,
-                "no_change_s": median(unchanged),
-            }
-        )
-
-        # Requests, counted by the proxy every request goes through (untimed runs).
-        counted = caly_account(owner, proxy.url, server.user, "five-thousand")
-        proxy.requests.clear()
-        caly_sync(counted)
-        figures["requests_initial_caly"] = len(proxy.requests)
-        proxy.requests.clear()
-        change_one_event(server, counted, REPEATS)
-        caly_sync(counted)
-        figures["requests_incremental_1_change"] = len(proxy.requests)
-        figures["requests_incremental_goal"] = 3
-        figures["requests_incremental_detail"] = ", ".join(
-            f"{r.method} {r.report}".strip() for r in proxy.requests
-        )
-        proxy.requests.clear()
-        caly_sync(counted)
-        figures["requests_no_change"] = len(proxy.requests)
-        proxy.requests.clear()
-        python_caldav_fetch(proxy.url + urlpath(url), server.user)
-        figures["requests_python_caldav_get_events"] = len(proxy.requests)
-        proxy.requests.clear()
-        vdirsyncer_timed(proxy.url + urlpath(url), server.user, workdir)
-        figures["requests_vdirsyncer_initial"] = len(proxy.requests)
-        Account.objects.filter(owner=owner).delete()
-
-        report("caldav", figures)  # kept even if the big calendar fails below
-        print("  now the big calendar…", flush=True)
-        figures.update(big_calendar_in_a_worker(server, owner))
-        report("caldav", figures)
-        print("  and the big calendar on a slow server…", flush=True)
-        figures.update(slow_server_in_a_worker(server))
+        if "small" in PARTS:
+            five_thousand(server, proxy, owner, workdir, figures)
+            report("caldav", figures)  # kept even if the big calendar fails below
+        if "big" in PARTS:
+            print("  now the big calendar…", flush=True)
+            figures.update(big_calendar_in_a_worker(server, owner))
+            report("caldav", figures)
+        if "slow" in PARTS:
+            print("  and the big calendar on a slow server…", flush=True)
+            if "big" not in PARTS:
+                seed_files(server, "fifty-thousand", BIG)
+            figures.update(slow_server_in_a_worker(server))
     finally:
         proxy.stop()
         server.stop()
