@@ -262,7 +262,7 @@ def seed_files(server, name: str, count: int) -> str:
         headers={"Depth": "1", "Content-Type": "application/xml"},
     )
     assert warm.status_code == 207, warm.text[:300]
-    assert warm.text.count("<D:getetag>") + warm.text.count("<d:getetag>") >= count
+    assert warm.text.count("getetag>") // 2 > count, "Radicale did not list every event"
     print(f"  wrote {count} events in {time.perf_counter() - started:.1f} s", flush=True)
     return url
 
