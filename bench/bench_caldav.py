@@ -410,11 +410,23 @@ def _status_kb(pid: int, field: str) -> int:
 def big_calendar_in_a_worker(server, owner) -> dict:
     """50,000 events synced by a real worker process; its peak RSS is what the goal is about."""
 
-    seed_files(server, "fifty-thousand", BIG)
+    url = seed_files(server, "fifty-thousand", BIG)
+    started = time.perf_counter()
+    listing = server.session.request(
+        "PROPFIND",
+        url,
+        data='<?xml version="1.0"?><d:propfind xmlns:d="DAV:"><d:prop><d:getetag/>'
+        "</d:prop></d:propfind>",
+        headers={"Depth": "1", "Content-Type": "application/xml"},
+    )
+    listed_s = time.perf_counter() - started
+    assert listing.status_code == 207
     account = caly_account(owner, server.base_url, server.user, "fifty-thousand")
     done, idle_kb, peak_kb = sync_in_a_worker(account)
     return {
         "big_events": BIG,
+        "big_listing_propfind_s": listed_s,
+        "big_listing_bytes_per_object": len(listing.content) / BIG,
         "big_rows_created": done.created,
         "big_sync_s": (done.finished_at - done.started_at).total_seconds(),
         "big_worker_idle_rss_mb": idle_kb / 1024,
