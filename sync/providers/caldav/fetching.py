@@ -60,11 +60,13 @@ class Fetcher:
     def path(self) -> str:
         return urlsplit(self.calendar.remote_id).path
 
-    def list_first(self, exc: TimedOut) -> None:
+    def list_first(self, exc: TimedOut) -> Iterator[ChangeBatch]:
         """The server did not answer a request for the whole calendar in time: from now on
-        this calendar's full syncs list it first, then fetch in batches."""
+        this calendar's full syncs list it first, then fetch in batches. Yields an empty batch
+        that says so, kept at once: if the listing fails too, the retry starts with it."""
         logger.info("%s: %s Listing it first, then fetching in batches.", self.path, exc)
         self.by_listing = True
+        yield ChangeBatch(fetching=self.learnt())
 
     def learnt(self) -> Fetching | None:
         """What this sync learnt since it last said, for the batch it goes with."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import caldav
@@ -180,23 +180,24 @@ class CalDAVProvider(Provider):
                 yield from self._initial_by_sync(fetcher)
                 return
             except TimedOut as exc:
-                fetcher.list_first(exc)
+                yield from fetcher.list_first(exc)
                 known = fetcher.fetched  # stored by this sync before the answer stalled
-        listing = self._full_listing(fetcher)
+        listing = yield from self._full_listing(fetcher)
         listed = self._guard_empty(
             calendar, known, listing, state_changed=_moved(cursor.sync_token, listing.token)
         )
         yield from self._fetch_differences(fetcher, known, listed, Cursor(sync_token=listing.token))
 
-    def _full_listing(self, fetcher: Fetcher) -> Listing:
+    def _full_listing(self, fetcher: Fetcher) -> Generator[ChangeBatch, None, Listing]:
         """Every object's href and etag, with the sync token they go with: sync-collection
-        from no token, or (for a calendar whose server cannot answer that in time) PROPFIND."""
+        from no token, or (for a calendar whose server cannot answer that in time) PROPFIND.
+        Yields what it learnt on the way (`Fetcher.list_first`)."""
         url = fetcher.calendar.remote_id
         if not fetcher.by_listing:
             try:
                 return self._sync_listing(url, "")
             except TimedOut as exc:
-                fetcher.list_first(exc)
+                yield from fetcher.list_first(exc)
         listing = self._etag_listing(url)
         if listing.token:
             return listing
@@ -256,7 +257,7 @@ class CalDAVProvider(Provider):
                 # Without sync-collection at all, the listing fails too and the ctag path
                 # takes over.
                 logger.info("%s: data in sync-collection failed (%s)", urlsplit(url).path, exc)
-                listing = self._full_listing(fetcher)
+                listing = yield from self._full_listing(fetcher)
                 yield from fetcher.fetch(
                     list(listing.changed),
                     [],
@@ -311,7 +312,7 @@ class CalDAVProvider(Provider):
                 yield from self._initial_by_query(fetcher, new_cursor(ctag))
                 return
             except TimedOut as exc:
-                fetcher.list_first(exc)
+                yield from fetcher.list_first(exc)
                 known = fetcher.fetched
         listed = self._guard_empty(
             calendar, known, self._etag_listing(url), state_changed=_moved(cursor.ctag, ctag)
