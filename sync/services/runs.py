@@ -282,9 +282,12 @@ def _sync_calendars(
     listed = calendars_reconcile(account=account, remote=remote, stored=stored)
     by_id = {normalize_href(r.remote_id): r for r in remote}
     selected = [each for each in listed if each.calendar.selected]
-    # Someone watching sees "0/1 calendars" with the first progress recorded (the first stored
-    # batch, or the first calendar done); a sync that finds no change records it with its end.
     counts.calendars_total, counts.calendars_done = len(selected), 0
+    # A first sync of a calendar can take minutes: someone watching sees it past discovery
+    # ("0/1 calendars") at once. Otherwise the count goes with the first progress recorded (a
+    # stored batch, a calendar done), and a sync that finds no change records it with its end.
+    if any(each.calendar.last_synced_at is None for each in selected):
+        states.run_record_progress(run=run, **counts.calendar_counts())
     for each in selected:
         calendar = each.calendar
         synced_at = calendar.last_synced_at
