@@ -12,6 +12,7 @@ back to the queue.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import threading
 import time
@@ -82,6 +83,10 @@ def open_shared_resources(sender=None, **kwargs):
     slots = sender.concurrency if sender is not None else 1
     http.open_pool(slots=slots)
     _keep_db_connections_per_thread()
+    # What the process has loaded by now (Django, the apps, the libraries) lives as long as it
+    # does: out of the collector's sight, a full collection takes a few milliseconds instead of
+    # about a hundred with every slot of the process stopped (bench/RESULTS.md, "queue").
+    gc.freeze()
     app = getattr(sender, "app", None)
     queues = app.amqp.queues.values() if app is not None else ()
     logger.info(

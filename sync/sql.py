@@ -1,10 +1,11 @@
 """The few statements written out in SQL, for PostgreSQL: the hot path of every sync.
 
-Each statement does what a short ORM sequence in `sync.states` (or `sync.models`) also does, and
-that ORM code is what runs everywhere else (SQLite, and every uncommon case). They are written
-out because building and compiling querysets costs a no-change sync several times the CPU the
-statements themselves take (bench/RESULTS.md, "queue"). Parameters are named, so each statement
-reads on its own; nothing here is built at run time.
+Each statement does what a short ORM sequence in `sync.states` (or `sync.models`,
+`sync.services.store`) also does, and that ORM code is what runs everywhere else (SQLite, and
+every uncommon case). They are written out because building and compiling querysets costs a
+no-change sync several times the CPU the statements themselves take (bench/RESULTS.md, "queue"),
+and preparing rows through model instances a first sync a tenth of its time. Parameters are
+named, so each statement reads on its own; nothing here is built at run time.
 """
 
 from __future__ import annotations
@@ -98,6 +99,32 @@ END = """
     )
     SELECT EXISTS (SELECT FROM ended), (SELECT id FROM handed_over)
 """
+
+# A batch's events stored (`sync.services.store.events_apply`): new ones inserted, those stored
+# already (same calendar, UID and RECURRENCE-ID) overwritten in the columns a sync writes, as
+# bulk_create(update_conflicts=True) does elsewhere; their ids come back in the rows' order.
+# Sent by psycopg2's execute_values, EVENT_UPSERT_ROW once for each event in the VALUES list.
+EVENT_UPSERT = """
+    INSERT INTO calendars_event (
+        calendar_id, uid, recurrence_id, href, etag, summary, description, location,
+        start, "end", all_day, timezone, status, rrule, rdate, exdate, raw,
+        remote_last_modified, sync_state, sync_error, deleting, created_at, updated_at
+    ) VALUES %s
+    ON CONFLICT (calendar_id, uid, recurrence_id) DO UPDATE SET
+        href = EXCLUDED.href, etag = EXCLUDED.etag, summary = EXCLUDED.summary,
+        description = EXCLUDED.description, location = EXCLUDED.location,
+        start = EXCLUDED.start, "end" = EXCLUDED."end", all_day = EXCLUDED.all_day,
+        timezone = EXCLUDED.timezone, status = EXCLUDED.status, rrule = EXCLUDED.rrule,
+        rdate = EXCLUDED.rdate, exdate = EXCLUDED.exdate, raw = EXCLUDED.raw,
+        remote_last_modified = EXCLUDED.remote_last_modified, updated_at = EXCLUDED.updated_at
+    RETURNING id
+"""
+EVENT_UPSERT_ROW = """(
+    %(calendar_id)s, %(uid)s, %(recurrence_id)s, %(href)s, %(etag)s, %(summary)s,
+    %(description)s, %(location)s, %(start)s, %(end)s, %(all_day)s, %(timezone)s, %(status)s,
+    %(rrule)s, %(rdate)s, %(exdate)s, %(raw)s, %(remote_last_modified)s,
+    'synced', '', false, %(now)s, %(now)s
+)"""
 
 # Every task's row in the task history (`sync.models.TaskHistoryManager`); bulk_create builds
 # the same upsert elsewhere.

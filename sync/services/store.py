@@ -6,12 +6,14 @@ import datetime as dt
 from collections.abc import Callable
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.db.models.functions import MD5
 from django.utils import timezone
+from psycopg2.extras import Json, execute_values
 
 from calendars.models import Calendar, Event, EventChange
+from sync import sql
 from sync.engine import EventWrite, Plan, StoredEvent, normalize_href, plan_changes
 from sync.models import PendingWrite
 from sync.remote import ChangeBatch, SkippedObject
@@ -79,7 +81,9 @@ def events_apply(
     # Read outside the writing transaction: the account's lease keeps other syncs away.
     stored = [] if nothing_stored else _events_stored(calendar, batch)
     plan = plan_changes(stored=stored, objects=batch.objects, deleted_hrefs=batch.deleted_hrefs)
-    if not own_write and (plan.writes or plan.delete_ids or plan.relocate):
+    # A write of Caly's is for an event stored here (created, edited or marked deleting), so a
+    # batch that touches no stored event has none to leave out.
+    if stored and not own_write and (plan.writes or plan.delete_ids or plan.relocate):
         _keep_pending(plan, calendar=calendar, stored=stored)
     with transaction.atomic():
         if fence is not None:
@@ -92,14 +96,7 @@ def events_apply(
             ]
             Event.objects.bulk_update(moved, ["href", "etag"])
         if plan.writes:
-            stored_rows = Event.objects.bulk_create(
-                [_event(calendar, w) for w in plan.writes],
-                batch_size=UPSERT_PAGE,
-                update_conflicts=True,
-                unique_fields=["calendar", "uid", "recurrence_id"],
-                update_fields=EVENT_FIELDS,
-            )
-            ids = [row.pk for row in stored_rows]
+            ids = _events_upsert(calendar, plan.writes)
             plan.created_ids, plan.updated_ids = ids[: len(plan.create)], ids[len(plan.create) :]
         if not own_write and (plan.writes or plan.delete_ids):
             # Apps learn of it through their webhooks, recorded in this same transaction.
@@ -134,28 +131,56 @@ def _keep_pending(plan: Plan, *, calendar: Calendar, stored: list[StoredEvent]) 
     plan.delete_ids = [pk for pk in plan.delete_ids if uid_of.get(pk) not in pending]
 
 
-def _event(calendar: Calendar, write: EventWrite) -> Event:
-    event = write.event
-    return Event(
-        calendar=calendar,
-        uid=event.uid,
-        recurrence_id=event.recurrence_id,
-        href=normalize_href(write.href),
-        etag=write.etag,
-        summary=event.summary,
-        description=event.description,
-        location=event.location,
-        start=event.start,
-        end=event.end,
-        all_day=event.all_day,
-        timezone=event.timezone,
-        status=event.status,
-        rrule=event.rrule,
-        rdate=list(event.rdate),
-        exdate=list(event.exdate),
-        raw=write.raw,
-        remote_last_modified=event.last_modified,
+def _events_upsert(calendar: Calendar, writes: list[EventWrite]) -> list[int]:
+    """Insert or overwrite the events of `writes`; their ids, in the same order."""
+    if sql.in_use():
+        now = timezone.now()
+        rows = [_event_fields(w) for w in writes]
+        for row in rows:
+            row.update(calendar_id=calendar.pk, now=now)
+            row["rdate"], row["exdate"] = Json(row["rdate"]), Json(row["exdate"])
+        with connection.cursor() as cursor:
+            stored = execute_values(
+                cursor,
+                sql.EVENT_UPSERT,
+                rows,
+                template=sql.EVENT_UPSERT_ROW,
+                page_size=UPSERT_PAGE,
+                fetch=True,
+            )
+        return [pk for (pk,) in stored]
+    stored = Event.objects.bulk_create(
+        [Event(calendar=calendar, **_event_fields(w)) for w in writes],
+        batch_size=UPSERT_PAGE,
+        update_conflicts=True,
+        unique_fields=["calendar", "uid", "recurrence_id"],
+        update_fields=EVENT_FIELDS,
     )
+    return [row.pk for row in stored]
+
+
+def _event_fields(write: EventWrite) -> dict:
+    """What a sync stores of an event, by field name (EVENT_FIELDS, with its identity)."""
+    event = write.event
+    return {
+        "uid": event.uid,
+        "recurrence_id": event.recurrence_id,
+        "href": normalize_href(write.href),
+        "etag": write.etag,
+        "summary": event.summary,
+        "description": event.description,
+        "location": event.location,
+        "start": event.start,
+        "end": event.end,
+        "all_day": event.all_day,
+        "timezone": event.timezone,
+        "status": event.status,
+        "rrule": event.rrule,
+        "rdate": list(event.rdate),
+        "exdate": list(event.exdate),
+        "raw": write.raw,
+        "remote_last_modified": event.last_modified,
+    }
 
 
 def _events_stored(calendar: Calendar, batch: ChangeBatch) -> list[StoredEvent]:

@@ -46,7 +46,11 @@ def test_a_first_sync_reads_no_stored_events_before_its_first_batch_a_no_change_
     # batch; the second batch is compared with what the first stored.
     assert sum('FROM "calendars_event"' in sql for sql in first_sql) == 1
     # Each batch is stored in one INSERT; the last one moves the calendar's cursor after it.
-    stores = [i for i, sql in enumerate(first_sql) if 'INSERT INTO "calendars_event"' in sql]
+    stores = [
+        i
+        for i, sql in enumerate(first_sql)
+        if sql.lstrip().startswith("INSERT INTO calendars_event")
+    ]
     assert len(stores) == 2
     cursor = [i for i, sql in enumerate(first_sql) if 'UPDATE "calendars_calendar"' in sql]
     assert stores[0] < stores[1] < cursor[0]
