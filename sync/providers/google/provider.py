@@ -1,10 +1,5 @@
-"""Google Calendar provider (API v3) on google-api-python-client and google-auth.
-
-Requests are built from the discovery document that ships with the client library and sent,
-as its documentation shows, through google-auth-httplib2's AuthorizedHttp (bearer token, refresh
-at CALY_GOOGLE_TOKEN_URI) onto one adapter to Caly's pooled HTTP session (`transport.Http`).
-Access tokens are reused across syncs until they expire. Every API request first takes a slot
-from the Google user's request budget (`sync.budget`), shared by all workers.
+"""Google Calendar provider (API v3): calendars and events listed, written and watched through
+one grant's `client.Client` (the client library, its token, the user's request budget).
 
 Per sync of an unchanged account: one calendarList.list, and one events.list per calendar (by
 sync token). A full listing asks for 2,500 events a page, the most Google serves.
@@ -13,40 +8,17 @@ sync token). A full listing asks for 2,500 events a page, the most Google serves
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 
-import google.auth.exceptions
 import msgspec
-from django.conf import settings
-from google.oauth2.credentials import Credentials
-from google_auth_httplib2 import AuthorizedHttp
-from googleapiclient.discovery import build
-from googleapiclient.errors import HttpError
 
-from sync.backoff import backoff
-from sync.budget import BudgetExhausted, budget_spend
 from sync.engine import changed_hrefs
-from sync.providers.base import (
-    AuthError,
-    ConnectError,
-    Provider,
-    ProviderError,
-    StoredEtags,
-    TimedOut,
-    TransientError,
-)
+from sync.providers.base import Provider, StoredEtags, TimedOut, TransientError
 from sync.providers.google import push, writing
-from sync.providers.google.errors import (
-    RECONNECT,
-    NotFound,
-    SyncTokenExpired,
-    provider_error,
-    refresh_failure,
-)
+from sync.providers.google.client import Client
+from sync.providers.google.errors import NotFound, SyncTokenExpired
 from sync.providers.google.events import (
     calendar_pages,
     event_from_google,
@@ -54,7 +26,6 @@ from sync.providers.google.events import (
     events_decoder,
     id_of,
 )
-from sync.providers.google.transport import BytesModel, Http
 from sync.remote import (
     ChangeBatch,
     Cursor,
@@ -78,30 +49,7 @@ SCOPE = (
 EVENTS_PAGE = 2500  # events.list maxResults: the largest page Google serves
 EVENTS_PAGE_SMALLEST = 50  # a page this small that does not come in time is a failed request
 CALENDARS_PAGE = 250  # calendarList.list maxResults: likewise
-# A throttled request is retried here, at once, when the wait is short: the rest of a long
-# listing need not start over. Longer waits go back to the queue as a TransientError.
-INLINE_RETRIES = 2
-INLINE_BACKOFF_SECONDS = 1.0
-RETRY_AFTER_SPREAD = 0.25  # requests told the same Retry-After do not all return at once
-
 UTC = dt.UTC
-
-
-# --- access tokens ----------------------------------------------------------------------------
-# Access tokens live an hour; keeping them per process saves a token request on every sync.
-# Keyed by a digest of the refresh token, so the cache never holds a refresh token itself.
-_access_tokens: dict[str, tuple[str, dt.datetime | None]] = {}
-
-
-def token_key(refresh_token: str) -> str:
-    material = f"{settings.CALY_GOOGLE_CLIENT_ID}\0{refresh_token}"
-    return hashlib.sha256(material.encode()).hexdigest()
-
-
-# The address Google itself gave for each grant (the id of its primary calendar), by token_key:
-# what the user's request budget is keyed on. Never the account's username, which its owner
-# types and edits, and which may name somebody else.
-_verified_addresses: dict[str, str] = {}
 
 
 class GoogleProvider(Provider):
@@ -109,129 +57,14 @@ class GoogleProvider(Provider):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self._credentials: Credentials | None = None
-        self._service = None
+        self.client = Client(refresh_token=str(self.credentials.get("refresh_token") or ""))
         self._master_uids: dict[str, str | None] = {}
 
-    # --- plumbing ---------------------------------------------------------------------------
-    @property
-    def refresh_token(self) -> str:
-        return str(self.credentials.get("refresh_token") or "")
-
-    def _check_configured(self) -> None:
-        if not (settings.CALY_GOOGLE_CLIENT_ID and settings.CALY_GOOGLE_CLIENT_SECRET):
-            raise ConnectError(
-                "Google Calendar is not set up on this Caly: set CALY_GOOGLE_CLIENT_ID and "
-                "CALY_GOOGLE_CLIENT_SECRET."
-            )
-        if not self.refresh_token:
-            raise AuthError(f"The Google account has no stored authorisation. {RECONNECT}")
-
-    @property
-    def service(self):
-        if self._service is None:
-            self._check_configured()
-            options = {}
-            if settings.CALY_GOOGLE_API_ENDPOINT:
-                base = settings.CALY_GOOGLE_API_ENDPOINT.rstrip("/")
-                options["api_endpoint"] = f"{base}/calendar/v3/"
-            token, expiry = _access_tokens.get(token_key(self.refresh_token), (None, None))
-            self._credentials = Credentials(
-                token=token,
-                expiry=expiry,
-                refresh_token=self.refresh_token,
-                token_uri=settings.CALY_GOOGLE_TOKEN_URI,
-                client_id=settings.CALY_GOOGLE_CLIENT_ID,
-                client_secret=settings.CALY_GOOGLE_CLIENT_SECRET,
-            )
-            # On a 401 AuthorizedHttp refreshes the token once and repeats the request.
-            authorized = AuthorizedHttp(
-                self._credentials,
-                http=Http(spend_budget=self._spend_budget),
-                max_refresh_attempts=1,
-            )
-            self._service = build(
-                "calendar",
-                "v3",
-                static_discovery=True,
-                cache_discovery=False,
-                http=authorized,
-                model=BytesModel(),
-                client_options=options,
-            )
-        return self._service
-
+    # --- plumbing (client.py) ---------------------------------------------------------------
     def close(self) -> None:
         # The HTTP session is shared; only forget the client and its per-sync lookups.
-        self._service = None
+        self.client.close()
         self._master_uids.clear()
-
-    def _budget_key(self) -> str:
-        # Google counts requests per user: the address Google gave for this grant once it has
-        # (several Caly accounts may be the same Google user), else the grant itself.
-        grant = token_key(self.refresh_token)
-        address = _verified_addresses.get(grant)
-        if address:
-            return f"google:{address.lower()}"
-        return "google:grant:" + grant[:32]
-
-    def _spend_budget(self) -> None:
-        try:
-            wait = budget_spend(
-                key=self._budget_key(),
-                requests=settings.CALY_GOOGLE_USER_REQUESTS,
-                window=settings.CALY_GOOGLE_USER_WINDOW_SECONDS,
-                max_wait=settings.CALY_GOOGLE_MAX_WAIT_SECONDS,
-            )
-        except BudgetExhausted as exc:
-            raise TransientError(
-                "This Google user's request budget is used up for now; "
-                f"continuing in {exc.wait:.0f} s.",
-                retry_after=exc.wait,
-            ) from None
-        if wait > 0:
-            time.sleep(wait)
-
-    def _execute(
-        self, request, *, what: str, decoder: msgspec.json.Decoder | None, action: str = "list"
-    ):
-        """Run one API request and decode its answer with `decoder` (None: no answer to read);
-        failures become Caly's error kinds (see `errors.provider_error`)."""
-        key = token_key(self.refresh_token)
-        for attempt in range(INLINE_RETRIES + 1):
-            try:
-                content = request.execute()
-            except google.auth.exceptions.RefreshError as exc:
-                _access_tokens.pop(key, None)
-                raise refresh_failure(exc) from None
-            except HttpError as exc:
-                failure = provider_error(exc, what=what, action=action)
-            else:
-                failure = None
-            # The access token the request went with (refreshed, perhaps) serves the next sync.
-            _access_tokens[key] = (self._credentials.token, self._credentials.expiry)
-            if failure is None and decoder is None:
-                return None
-            if failure is None:
-                try:
-                    return decoder.decode(content)
-                except msgspec.DecodeError as exc:
-                    raise ProviderError(
-                        f"Google Calendar sent an answer Caly cannot read for {what} ({exc})."
-                    ) from None
-            if not isinstance(failure, TransientError):
-                raise failure
-            wait = backoff(
-                attempt=attempt,
-                base=INLINE_BACKOFF_SECONDS,
-                retry_after=failure.retry_after,
-                spread=RETRY_AFTER_SPREAD,
-            )
-            if attempt == INLINE_RETRIES or wait > settings.CALY_GOOGLE_MAX_WAIT_SECONDS:
-                raise failure
-            logger.info("%s; retrying in %.1f s", failure, wait)
-            time.sleep(wait)
-        raise AssertionError("unreachable")
 
     # --- writing back (writing.py) and push (push.py) ------------------------------------------
     supports_push = True
@@ -242,22 +75,26 @@ class GoogleProvider(Provider):
 
     def write(self, write: OutgoingWrite, *, calendar_id: str, etag: str) -> RemoteObject | None:
         return writing.send_write(
-            self._execute, self.service, write, calendar_id=calendar_id, etag=etag
+            self.client.execute, self.client.service, write, calendar_id=calendar_id, etag=etag
         )
 
     def watch(self, calendar_id: str, **channel) -> tuple[str, dt.datetime]:
-        return push.watch(self._execute, self.service, calendar_id, **channel)
+        return push.watch(self.client.execute, self.client.service, calendar_id, **channel)
 
     def unwatch(self, *, channel_id: str, resource_id: str) -> None:
-        push.unwatch(self._execute, self.service, channel_id=channel_id, resource_id=resource_id)
+        push.unwatch(
+            self.client.execute, self.client.service, channel_id=channel_id, resource_id=resource_id
+        )
 
     # --- discovery --------------------------------------------------------------------------
     def discover(self) -> list[RemoteCalendar]:
         calendars = []
         page_token = None
         while True:
-            page = self._execute(
-                self.service.calendarList().list(maxResults=CALENDARS_PAGE, pageToken=page_token),
+            page = self.client.execute(
+                self.client.service.calendarList().list(
+                    maxResults=CALENDARS_PAGE, pageToken=page_token
+                ),
                 what="the calendar list",
                 decoder=calendar_pages,
             )
@@ -266,7 +103,7 @@ class GoogleProvider(Provider):
                     continue
                 if entry.primary:
                     self.username = entry.id
-                    _verified_addresses[token_key(self.refresh_token)] = entry.id
+                    self.client.address_verified(entry.id)
                 calendars.append(
                     RemoteCalendar(
                         remote_id=entry.id,
@@ -323,14 +160,16 @@ class GoogleProvider(Provider):
         page_token = None
         while True:
             self.checkpoint()
-            request = self.service.events().list(
+            request = self.client.service.events().list(
                 calendarId=calendar.remote_id,
                 maxResults=pages.size,
                 pageToken=page_token,
                 syncToken=sync_token or None,
             )
             try:
-                page = self._execute(request, what=self._events_of(calendar), decoder=event_pages)
+                page = self.client.execute(
+                    request, what=self._events_of(calendar), decoder=event_pages
+                )
             except TimedOut as exc:
                 pages.smaller(exc, calendar)  # raises once pages are as small as they go
                 continue
@@ -361,8 +200,8 @@ class GoogleProvider(Provider):
 
     def _confirm_empty(self, calendar: RemoteCalendar) -> None:
         """A calendar that held events lists as empty: ask once more before deleting them all."""
-        again = self._execute(
-            self.service.events().list(calendarId=calendar.remote_id, maxResults=1),
+        again = self.client.execute(
+            self.client.service.events().list(calendarId=calendar.remote_id, maxResults=1),
             what=self._events_of(calendar),
             decoder=event_pages,
         )
@@ -427,8 +266,10 @@ class GoogleProvider(Provider):
         """The iCalUID of a recurring event, which Google leaves out of cancelled occurrences."""
         if master_id not in self._master_uids:
             try:
-                master = self._execute(
-                    self.service.events().get(calendarId=calendar.remote_id, eventId=master_id),
+                master = self.client.execute(
+                    self.client.service.events().get(
+                        calendarId=calendar.remote_id, eventId=master_id
+                    ),
                     what="a recurring event",
                     decoder=events_decoder,
                 )

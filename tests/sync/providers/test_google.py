@@ -443,7 +443,7 @@ def test_a_second_401_after_the_refresh_asks_to_reconnect(google, google_setting
 def test_every_api_request_takes_a_budget_slot_token_requests_none(
     google, google_settings, monkeypatch
 ):
-    from sync.providers.google import provider as google_provider
+    from sync.providers.google import client as google_client
 
     spent = []
 
@@ -451,7 +451,7 @@ def test_every_api_request_takes_a_budget_slot_token_requests_none(
         spent.append(kwargs["key"])
         return budget_spend(**kwargs)
 
-    monkeypatch.setattr(google_provider, "budget_spend", spend)
+    monkeypatch.setattr(google_client, "budget_spend", spend)
     user = google.add_user()
     google.insert_event(user, summary="One")
     account = connect(user)
